@@ -1,0 +1,92 @@
+import createError from '@fastify/error'
+
+/**
+ * The base of every error this library raises. Each error has a stable `code`
+ * and the HTTP `statusCode` the Fastify plugin answers with; only a client's
+ * mistake is 4xx.
+ *
+ * ```ts
+ * try { await runAsInstance('nope', job) }
+ * catch (err) { if (err instanceof TenancyError) console.log(err.code) } // TENANCY_UNKNOWN_INSTANCE
+ * ```
+ */
+export class TenancyError extends Error {
+  declare code: string
+  declare statusCode: number
+}
+
+// @fastify/error wants a plain ErrorConstructor for its Base argument.
+const Base = TenancyError as unknown as ErrorConstructor
+
+type Tagged<C extends string, S extends number> = TenancyError & { code: C; statusCode: S }
+type ErrorClass<C extends string, S extends number> = {
+  new (...args: unknown[]): Tagged<C, S>
+  (...args: unknown[]): Tagged<C, S>
+  readonly prototype: Tagged<C, S>
+}
+
+function define<C extends string, S extends number> (code: C, statusCode: S, message: string): ErrorClass<C, S> {
+  return createError(code, message, statusCode, Base) as unknown as ErrorClass<C, S>
+}
+
+/**
+ * Renders a value that came from outside (a header, a query field) for an
+ * error message: quoted, control characters escaped, cut to a readable length.
+ */
+export function quote (value: unknown): string {
+  const text = typeof value === 'string' ? value : String(value)
+  const cut = text.length > 80 ? text.slice(0, 80) + '…' : text
+  return JSON.stringify(cut)
+}
+
+/** 400: a resolved name has characters outside `[A-Za-z0-9._-]` or is over 63 characters. */
+export const InvalidInstanceNameError = define('TENANCY_INVALID_INSTANCE_NAME', 400,
+  'The instance name %s is not valid: use at most 63 of the characters A-Z, a-z, 0-9, ".", "_" and "-".')
+
+/** 400: the request named no instance and the resolver chain's fallback is `reject`. */
+export const InstanceRequiredError = define('TENANCY_INSTANCE_REQUIRED', 400,
+  'The request does not name an instance, and this server has no default instance.')
+
+/** 404: no instance has that name or id. */
+export const UnknownInstanceError = define('TENANCY_UNKNOWN_INSTANCE', 404,
+  'There is no instance named or numbered %s.')
+
+/** 403: the instance exists but is disabled. */
+export const InstanceDisabledError = define('TENANCY_INSTANCE_DISABLED', 403,
+  'The instance %s is disabled.')
+
+/** 500: a tenant table was queried with no instance in context. */
+export const NoContextError = define('TENANCY_NO_CONTEXT', 500,
+  'The table %s belongs to instances, but this query runs outside any instance: use runAsInstance(), runAsHost() or unscoped().')
+
+/** 500: a `must` table was queried in host context. */
+export const HostContextError = define('TENANCY_HOST_CONTEXT', 500,
+  'The table %s holds only instance rows, but this query runs in host context: use runAsInstance() or unscoped().')
+
+/** 500: a write names another instance's iid, or a transaction crosses instances. */
+export const MismatchError = define('TENANCY_MISMATCH', 500, '%s')
+
+/** 500: a raw SQL statement names a tenant table outside `unscoped` while `strict` is on. */
+export const RawSqlError = define('TENANCY_RAW_SQL', 500,
+  'A raw SQL statement names the tenant table %s; raw statements cannot be confined to an instance. Use the query builder, or unscoped() with an explicit iid.')
+
+/** 503: the instance's database cannot be reached; other instances keep working. */
+export const DatasourceUnavailableError = define('TENANCY_DATASOURCE_UNAVAILABLE', 503,
+  'The database of instance %s cannot be reached right now.')
+
+/** 500, at start-up: the options given to createTenancy or the plugin are not valid. */
+export const InvalidOptionsError = define('TENANCY_INVALID_OPTIONS', 500, 'Invalid tenancy options: %s')
+
+/** Every error class, by code: the README's error table is checked against it. */
+export const errorClasses = {
+  TENANCY_INVALID_INSTANCE_NAME: InvalidInstanceNameError,
+  TENANCY_INSTANCE_REQUIRED: InstanceRequiredError,
+  TENANCY_UNKNOWN_INSTANCE: UnknownInstanceError,
+  TENANCY_INSTANCE_DISABLED: InstanceDisabledError,
+  TENANCY_NO_CONTEXT: NoContextError,
+  TENANCY_HOST_CONTEXT: HostContextError,
+  TENANCY_MISMATCH: MismatchError,
+  TENANCY_RAW_SQL: RawSqlError,
+  TENANCY_DATASOURCE_UNAVAILABLE: DatasourceUnavailableError,
+  TENANCY_INVALID_OPTIONS: InvalidOptionsError,
+} as const

@@ -1,0 +1,137 @@
+import { Kysely, PostgresDialect, type KyselyPlugin } from 'kysely'
+import { currentContext, forgetTenancy, runInContext, setLastCreated } from './context.js'
+import { InvalidOptionsError } from './errors.js'
+import type { Instance, InstanceConfig, InstanceName } from './instance.js'
+import { InstanceRegistry, requireInstance, type InstanceStore } from './instance-registry.js'
+import { PoolManager, type DatasourceConfig } from './kysely/pool-manager.js'
+import { RoutingPool } from './kysely/routing-pool.js'
+
+/** Options of {@link createTenancy}. */
+export interface TenancyOptions {
+  /** The instances: a list validated at start-up, or a store. */
+  instances: readonly InstanceConfig[] | InstanceStore
+  /** Named datasources; `default` is required. Connection strings or pg `PoolConfig`s. */
+  datasources: Record<string, DatasourceConfig>
+  /** The tenant column. Defaults to `'iid'`. */
+  tenantColumn?: string
+}
+
+function isStore (value: unknown): value is InstanceStore {
+  return value !== null && typeof value === 'object' && typeof (value as InstanceStore).byName === 'function' &&
+    typeof (value as InstanceStore).byId === 'function' && typeof (value as InstanceStore).list === 'function'
+}
+
+/**
+ * One multi-tenant setup: instances, datasources and the context functions
+ * bound to them. Made by {@link createTenancy}.
+ */
+export class Tenancy {
+  /** The instances. */
+  readonly instances: InstanceStore
+  /** The tenant column. */
+  readonly tenantColumn: string
+  readonly #pools: PoolManager
+  #kysely: Kysely<any> | undefined
+  #closed = false
+
+  /** @internal use {@link createTenancy} */
+  constructor (options: TenancyOptions) {
+    if (options === null || typeof options !== 'object') throw new InvalidOptionsError('createTenancy needs an options object')
+    this.#pools = new PoolManager(options.datasources)
+    this.instances = isStore(options.instances) ? options.instances : new InstanceRegistry(options.instances, this.#pools.names())
+    this.tenantColumn = options.tenantColumn ?? 'iid'
+    if (typeof this.tenantColumn !== 'string' || !/^[a-z_][a-z0-9_]{0,62}$/.test(this.tenantColumn)) {
+      throw new InvalidOptionsError(`tenantColumn ${JSON.stringify(this.tenantColumn)} is not a safe column name`)
+    }
+  }
+
+  /** @internal The pool manager, for the routing driver and tests. */
+  get pools (): PoolManager {
+    return this.#pools
+  }
+
+  /**
+   * Looks up an instance by name or id; throws `TENANCY_UNKNOWN_INSTANCE` or
+   * `TENANCY_INSTANCE_DISABLED`.
+   */
+  getInstance (nameOrId: InstanceName | number): Instance {
+    return requireInstance(this.instances, nameOrId)
+  }
+
+  /**
+   * Runs `fn` as the instance named or numbered `nameOrId`. Nests like a
+   * scope: the outer context is back when `fn` returns or throws.
+   */
+  runAsInstance<R> (nameOrId: InstanceName | number, fn: () => R): R {
+    const instance = requireInstance(this.instances, nameOrId)
+    return runInContext({ tenancy: this, kind: 'instance', instance }, fn)
+  }
+
+  /** Runs `fn` as an already looked-up instance (the plugin's path: no second lookup). */
+  runAs<R> (instance: Instance, fn: () => R): R {
+    return runInContext({ tenancy: this, kind: 'instance', instance }, fn)
+  }
+
+  /** Runs `fn` in host context: the operator context that belongs to no instance. */
+  runAsHost<R> (fn: () => R): R {
+    return runInContext({ tenancy: this, kind: 'host', instance: undefined }, fn)
+  }
+
+  /**
+   * Runs `fn` with the tenant filter off, for cross-instance admin work with
+   * explicit `iid`s. Queries still run on the current instance's database.
+   */
+  unscoped<R> (fn: () => R): R {
+    return runInContext({ tenancy: this, kind: 'unscoped', instance: this.currentInstance() }, fn)
+  }
+
+  /** The instance of the current context, when the context is this tenancy's. */
+  currentInstance (): Instance | undefined {
+    const context = currentContext()
+    return context?.tenancy === this ? context.instance : undefined
+  }
+
+  /**
+   * The Kysely of this tenancy: one for every instance, scoped by the current
+   * context. Which database and schema a query runs on follows the context.
+   */
+  kysely<DB> (): Kysely<DB> {
+    if (this.#closed) throw new Error('The tenancy has been closed; its Kysely cannot be used any more.')
+    this.#kysely ??= new Kysely<any>({
+      dialect: new PostgresDialect({ pool: new RoutingPool(this.#pools) }),
+      plugins: this.kyselyPlugins(),
+    })
+    return this.#kysely as Kysely<DB>
+  }
+
+  /** @internal The plugins `kysely()` installs. */
+  protected kyselyPlugins (): KyselyPlugin[] {
+    return []
+  }
+
+  /** Ends every pool this tenancy opened. Safe to call twice. */
+  async close (): Promise<void> {
+    if (this.#closed) return
+    this.#closed = true
+    forgetTenancy(this)
+    if (this.#kysely) await this.#kysely.destroy()
+    await this.#pools.end()
+  }
+}
+
+/**
+ * Creates a tenancy: validates the options (throwing `TENANCY_INVALID_OPTIONS`
+ * with the reason) and makes it the one named exports use outside any context.
+ *
+ * ```ts
+ * const tenancy = await createTenancy({
+ *   instances: [{ name: '', id: 1 }, { name: 'acme', id: 2 }],
+ *   datasources: { default: process.env.DATABASE_URL },
+ * })
+ * ```
+ */
+export async function createTenancy (options: TenancyOptions): Promise<Tenancy> {
+  const tenancy = new Tenancy(options)
+  setLastCreated(tenancy)
+  return tenancy
+}

@@ -1,0 +1,83 @@
+import fp from 'fastify-plugin'
+import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
+import { InvalidOptionsError } from '../lib/errors.js'
+import { createInstanceResolver, type ResolveOptions, type Resolution } from '../lib/instance-resolver.js'
+
+import { createTenancy, Tenancy, type TenancyOptions } from '../lib/tenancy.js'
+import '../types/fastify.js'
+
+/**
+ * Options of the Fastify plugin: either a tenancy made earlier with
+ * `createTenancy`, or the options to make one; plus how requests are resolved.
+ */
+export type TenancyPluginOptions = ({ tenancy: Tenancy } | TenancyOptions) & {
+  /** How a request's instance is found. Defaults to the chain in the README. */
+  resolve?: ResolveOptions
+  /** Close the tenancy (and every pool it opened) when Fastify closes. Defaults to `true`. */
+  closeOnShutdown?: boolean
+}
+
+async function tenancyPlugin (fastify: FastifyInstance, options: TenancyPluginOptions): Promise<void> {
+  if (options === null || typeof options !== 'object') throw new InvalidOptionsError('the plugin needs an options object')
+  let tenancy: Tenancy
+  if ('tenancy' in options) {
+    if (!(options.tenancy instanceof Tenancy)) throw new InvalidOptionsError('tenancy must be made by createTenancy()')
+    tenancy = options.tenancy
+  } else {
+    tenancy = await createTenancy(options)
+  }
+  const resolve = createInstanceResolver(tenancy.instances, options.resolve)
+  const hostFrame = (done: HookHandlerDoneFunction): void => { tenancy.runAsHost(done) }
+
+  fastify.decorate('tenancy', tenancy)
+  fastify.decorateRequest('instance', null)
+  fastify.decorateRequest('instanceName', null)
+
+  function enter (request: FastifyRequest, resolution: Resolution, done: HookHandlerDoneFunction): void {
+    if (resolution === null) {
+      hostFrame(done)
+      return
+    }
+    request.instance = resolution
+    request.instanceName = resolution.name
+    request.log = request.log.child({ instance: resolution.name })
+    // run() rather than enterWith(): the frame holds for everything Fastify
+    // does after done() is called inside it, and ends with it; enterWith()
+    // would leak into the next request on a keep-alive socket.
+    tenancy.runAs(resolution, done)
+  }
+
+  fastify.addHook('onRequest', function tenancyOnRequest (request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction) {
+    let resolution: Resolution | Promise<Resolution>
+    try {
+      resolution = resolve(request)
+    } catch (err) {
+      done(err as Error)
+      return
+    }
+    if (resolution instanceof Promise) {
+      resolution.then((found) => { enter(request, found, done) }, done)
+      return
+    }
+    enter(request, resolution, done)
+  })
+
+  if (options.closeOnShutdown !== false) {
+    fastify.addHook('onClose', async function tenancyOnClose () {
+      await tenancy.close()
+    })
+  }
+}
+
+/**
+ * The Fastify plugin: resolves each request's instance in `onRequest` and runs
+ * the rest of the request (hooks, handler, async work it starts, the response)
+ * as that instance.
+ *
+ * ```ts
+ * await app.register(tenancy, { instances, datasources, resolve: { headerField: 'x-instance-name' } })
+ * app.get('/students', () => app.tenancy.kysely<DB>().selectFrom('student').selectAll().execute())
+ * ```
+ */
+export const tenancy = fp(tenancyPlugin, { fastify: '5.x', name: 'fastify-tenancy' })
+

