@@ -70,7 +70,11 @@ export async function startEmbeddedPostgres ({ dir, fresh = true, port } = {}) {
     async stop () {
       if (stopped) return
       stopped = true
-      await server.stop()
+      // stop() waits for an 'exit' that never comes if the server already
+      // exited (a Ctrl-C reaches it too), so it gets a bounded wait.
+      let timer
+      await Promise.race([server.stop(), new Promise((resolve) => { timer = setTimeout(resolve, 10_000) })])
+      clearTimeout(timer)
     },
   }
 }
