@@ -1,0 +1,32 @@
+// The public types, checked as a user's compiler sees them: built to dist/
+// and imported by package name. Each folder under test/types is compiled on
+// its own, since declaration merging applies to a whole program.
+import t from 'tap'
+import { execFile } from 'node:child_process'
+import { promisify } from 'node:util'
+import path from 'node:path'
+
+const run = promisify(execFile)
+const root = path.resolve(import.meta.dirname, '..')
+const tsc = path.join(root, 'node_modules', 'typescript', 'bin', 'tsc')
+
+async function compile (project: string): Promise<string> {
+  try {
+    await run(process.execPath, [tsc, '-p', project], { cwd: root })
+    return ''
+  } catch (err) {
+    return String((err as { stdout?: string }).stdout ?? err)
+  }
+}
+
+t.test('the package builds', async (t) => {
+  t.equal(await compile('tsconfig.json'), '')
+})
+
+t.test('declared instance names are checked', async (t) => {
+  t.equal(await compile('test/types/named'), '')
+})
+
+t.test('without declared names any string is accepted', async (t) => {
+  t.equal(await compile('test/types/open'), '')
+})
