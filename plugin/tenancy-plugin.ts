@@ -33,21 +33,23 @@ async function tenancyPlugin (fastify: FastifyInstance, options: TenancyPluginOp
   fastify.decorateRequest('instance', null)
   fastify.decorateRequest('instanceName', null)
 
-  function enter (request: FastifyRequest, resolution: Resolution, done: HookHandlerDoneFunction): void {
+  function enter (request: FastifyRequest, reply: FastifyReply, resolution: Resolution, done: HookHandlerDoneFunction): void {
     if (resolution === null) {
       hostFrame(done)
       return
     }
     request.instance = resolution
     request.instanceName = resolution.name
-    request.log = request.log.child({ instance: resolution.name })
+    // reply.log is a separate reference to the same child logger: Fastify logs
+    // "request completed" and handled errors through it.
+    reply.log = request.log = request.log.child({ instance: resolution.name })
     // run() rather than enterWith(): the frame holds for everything Fastify
     // does after done() is called inside it, and ends with it; enterWith()
     // would leak into the next request on a keep-alive socket.
     tenancy.runAs(resolution, done)
   }
 
-  fastify.addHook('onRequest', function tenancyOnRequest (request: FastifyRequest, _reply: FastifyReply, done: HookHandlerDoneFunction) {
+  fastify.addHook('onRequest', function tenancyOnRequest (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) {
     let resolution: Resolution | Promise<Resolution>
     try {
       resolution = resolve(request)
@@ -56,10 +58,10 @@ async function tenancyPlugin (fastify: FastifyInstance, options: TenancyPluginOp
       return
     }
     if (resolution instanceof Promise) {
-      resolution.then((found) => { enter(request, found, done) }, done)
+      resolution.then((found) => { enter(request, reply, found, done) }, done)
       return
     }
-    enter(request, resolution, done)
+    enter(request, reply, resolution, done)
   })
 
   if (options.closeOnShutdown !== false) {
