@@ -3,8 +3,9 @@ import { currentContext, forgetTenancy, runInContext, setLastCreated } from './c
 import { InvalidOptionsError } from './errors.js'
 import type { Instance, InstanceConfig, InstanceName } from './instance.js'
 import { InstanceRegistry, requireInstance, type InstanceStore } from './instance-registry.js'
-import { PoolManager, type DatasourceConfig } from './kysely/pool-manager.js'
+import { PoolManager, type DatasourceConfig, type PoolSettings } from './kysely/pool-manager.js'
 import { RoutingPool } from './kysely/routing-pool.js'
+import type { SessionSettings } from './kysely/session-state.js'
 
 /** Options of {@link createTenancy}. */
 export interface TenancyOptions {
@@ -14,6 +15,23 @@ export interface TenancyOptions {
   datasources: Record<string, DatasourceConfig>
   /** The tenant column. Defaults to `'iid'`. */
   tenantColumn?: string
+  /**
+   * At most this many datasource pools open at once (isolated instances each
+   * have one); the least recently used idle pool is closed to make room.
+   * Defaults to `10`.
+   */
+  maxPools?: number
+  /** A pool with no client checked out for this long is closed. Defaults to `60000`. */
+  poolIdleTimeoutMillis?: number
+  /**
+   * Settings of every datasource's pg pool (`max`, `connectionTimeoutMillis`,
+   * `idleTimeoutMillis`, `allowExitOnIdle`); a datasource given as a
+   * `PoolConfig` overrides them. Defaults to
+   * `{ max: 10, connectionTimeoutMillis: 5000, idleTimeoutMillis: 10000, allowExitOnIdle: true }`.
+   */
+  pool?: PoolSettings
+  /** Extra session settings set on each connection for its context, e.g. for row-level security. Defaults to none. */
+  settings?: SessionSettings
 }
 
 function isStore (value: unknown): value is InstanceStore {
@@ -31,13 +49,16 @@ export class Tenancy {
   /** The tenant column. */
   readonly tenantColumn: string
   readonly #pools: PoolManager
+  readonly #settings: SessionSettings | undefined
   #kysely: Kysely<any> | undefined
   #closed = false
 
   /** @internal use {@link createTenancy} */
   constructor (options: TenancyOptions) {
     if (options === null || typeof options !== 'object') throw new InvalidOptionsError('createTenancy needs an options object')
-    this.#pools = new PoolManager(options.datasources)
+    this.#pools = new PoolManager(options.datasources, { maxPools: options.maxPools, poolIdleTimeoutMillis: options.poolIdleTimeoutMillis, pool: options.pool })
+    if (options.settings !== undefined && typeof options.settings !== 'function') throw new InvalidOptionsError('settings must be a function of the context that returns the session settings')
+    this.#settings = options.settings
     this.instances = isStore(options.instances) ? options.instances : new InstanceRegistry(options.instances, this.#pools.names())
     this.tenantColumn = options.tenantColumn ?? 'iid'
     if (typeof this.tenantColumn !== 'string' || !/^[a-z_][a-z0-9_]{0,62}$/.test(this.tenantColumn)) {
@@ -98,7 +119,7 @@ export class Tenancy {
   kysely<DB> (): Kysely<DB> {
     if (this.#closed) throw new Error('The tenancy has been closed; its Kysely cannot be used any more.')
     this.#kysely ??= new Kysely<any>({
-      dialect: new PostgresDialect({ pool: new RoutingPool(this.#pools) }),
+      dialect: new PostgresDialect({ pool: new RoutingPool(this.#pools, { settings: this.#settings }) }),
       plugins: this.kyselyPlugins(),
     })
     return this.#kysely as Kysely<DB>
@@ -115,7 +136,7 @@ export class Tenancy {
     this.#closed = true
     forgetTenancy(this)
     if (this.#kysely) await this.#kysely.destroy()
-    await this.#pools.end()
+    await this.#pools.close()
   }
 }
 

@@ -1,33 +1,160 @@
 import pg from 'pg'
 import { InvalidOptionsError, DatasourceUnavailableError, quote } from '../errors.js'
 
-/** A datasource: a connection string or a pg `PoolConfig`. */
+/** A datasource: a connection string or a pg `PoolConfig` (its `max`, `connectionTimeoutMillis`, … override {@link PoolSettings}). */
 export type DatasourceConfig = string | pg.PoolConfig
+
+/** Settings of each datasource's pg pool; a datasource's own `PoolConfig` overrides them. */
+export interface PoolSettings {
+  /** Clients per pool. Keep `maxPools × max` under the server's `max_connections`. Defaults to `10`. */
+  max?: number
+  /**
+   * How long getting a client may take (connecting, or waiting for a free one)
+   * before the request fails with 503 `TENANCY_DATASOURCE_UNAVAILABLE`. Without
+   * it, a host that accepts TCP and never answers would hang requests forever.
+   * Defaults to `5000`.
+   */
+  connectionTimeoutMillis?: number
+  /** A client idle this long is closed. Defaults to `10000`. */
+  idleTimeoutMillis?: number
+  /** Idle clients do not keep the process alive. Defaults to `true`. */
+  allowExitOnIdle?: boolean
+}
+
+/** Options of {@link PoolManager}. */
+export interface PoolManagerOptions {
+  /**
+   * At most this many pools are open at once; opening another closes the least
+   * recently used pool that has no client checked out, or waits (up to the
+   * datasource's `connectionTimeoutMillis`) for one to become free.
+   * Defaults to `10`.
+   */
+  maxPools?: number
+  /** A pool with no client checked out for this long is closed. Defaults to `60000`. */
+  poolIdleTimeoutMillis?: number
+  /** Settings for every datasource's pool. Defaults to {@link DEFAULT_POOL_SETTINGS}. */
+  pool?: PoolSettings
+}
+
+/** The pool settings used where neither the options nor the datasource say otherwise. */
+export const DEFAULT_POOL_SETTINGS: Readonly<Required<PoolSettings>> = Object.freeze({
+  max: 10,
+  connectionTimeoutMillis: 5000,
+  idleTimeoutMillis: 10000,
+  allowExitOnIdle: true,
+})
 
 /** The pool manager's counters, in the manner of pg-pool. */
 export interface PoolCounts {
   /** Pools open now. */
   pools: number
-  /** Clients connected, over all pools. */
+  /** Clients connected, over all open pools. */
   open: number
   /** Clients connected and not checked out. */
   idle: number
-  /** Callers waiting for a client. */
+  /** Callers waiting: for a client of an open pool, or for a pool slot under `maxPools`. */
   waiting: number
+  /** Clients checked out or being connected for a caller. */
+  leased: number
 }
 
-/** @internal One pg.Pool per datasource, created on first use. */
+/** The state of one datasource's pool. */
+export type PoolState = 'open' | 'ending' | 'ended'
+
+/** What {@link PoolManager.status} reports about one pool. */
+export interface PoolStatus extends Omit<PoolCounts, 'pools'> {
+  datasource: string
+  state: PoolState
+}
+
+interface Entry {
+  readonly datasource: string
+  readonly pool: pg.Pool
+  state: PoolState
+  /** Checked-out clients plus connects in progress: a pool with leases is never closed. */
+  leases: number
+  lastUsed: number
+}
+
+/** A client checked out through the manager; give it back with {@link PoolManager.release}. */
+export interface Lease {
+  readonly client: pg.PoolClient
+  readonly datasource: string
+  /** @internal */
+  readonly entry: unknown
+}
+
+interface SlotWaiter {
+  readonly datasource: string
+  readonly resolve: (entry: Entry) => void
+  readonly reject: (err: Error) => void
+  timer: NodeJS.Timeout
+}
+
+function defined<T extends object> (value: T): Partial<T> {
+  return Object.fromEntries(Object.entries(value).filter(([, v]) => v !== undefined)) as Partial<T>
+}
+
+function positiveInteger (value: unknown): boolean {
+  return Number.isSafeInteger(value) && (value as number) > 0
+}
+
+function checkSettings (settings: Record<string, unknown>, where: string): void {
+  if (settings.max !== undefined && !positiveInteger(settings.max)) throw new InvalidOptionsError(`${where}: max must be a positive integer, not ${JSON.stringify(settings.max)}`)
+  for (const key of ['connectionTimeoutMillis', 'idleTimeoutMillis'] as const) {
+    const value = settings[key]
+    if (value !== undefined && !(Number.isSafeInteger(value) && (value as number) >= 0)) {
+      throw new InvalidOptionsError(`${where}: ${key} must be a whole number of milliseconds, not ${JSON.stringify(value)}`)
+    }
+  }
+}
+
+/**
+ * Owns one pg pool per datasource. Pools open on first use, at most `maxPools`
+ * at a time (the least recently used idle pool is closed to make room; a pool
+ * with a client checked out never is), close after `poolIdleTimeoutMillis`
+ * without use, and all end on {@link close}. Every pool's and client's `error`
+ * event is handled: a client dying while idle must not end the process.
+ *
+ * ```ts
+ * const pools = new PoolManager({ default: process.env.DATABASE_URL!, acme: { connectionString: '…', max: 2 } }, { maxPools: 20 })
+ * const lease = await pools.acquire('acme', 'acme')
+ * try { await lease.client.query('select 1') } finally { pools.release(lease) }
+ * await pools.close()
+ * ```
+ */
 export class PoolManager {
   readonly #configs = new Map<string, pg.PoolConfig>()
-  readonly #pools = new Map<string, pg.Pool>()
+  readonly #entries = new Map<string, Entry>()
+  readonly #ending = new Set<Promise<void>>()
+  readonly #waiters: SlotWaiter[] = []
+  readonly #maxPools: number
+  readonly #poolIdleTimeoutMillis: number
+  #sweeper: NodeJS.Timeout | undefined
   #state: 'open' | 'ending' | 'ended' = 'open'
+  /** Pools closed to make room under `maxPools`, since start. */
+  evictions = 0
 
-  constructor (datasources: Record<string, DatasourceConfig>) {
+  constructor (datasources: Record<string, DatasourceConfig>, options: PoolManagerOptions = {}) {
     if (datasources === null || typeof datasources !== 'object') throw new InvalidOptionsError('datasources must be an object of connection strings or pg PoolConfigs')
+    if (options === null || typeof options !== 'object') throw new InvalidOptionsError('the pool options must be an object')
+    const { maxPools = 10, poolIdleTimeoutMillis = 60000, pool = {} } = options
+    if (!positiveInteger(maxPools)) throw new InvalidOptionsError(`maxPools must be a positive integer, not ${JSON.stringify(maxPools)}`)
+    if (!positiveInteger(poolIdleTimeoutMillis)) throw new InvalidOptionsError(`poolIdleTimeoutMillis must be a positive whole number of milliseconds, not ${JSON.stringify(poolIdleTimeoutMillis)}`)
+    if (pool === null || typeof pool !== 'object') throw new InvalidOptionsError('pool must be an object of pool settings')
+    checkSettings(pool as Record<string, unknown>, 'pool')
+    this.#maxPools = maxPools
+    this.#poolIdleTimeoutMillis = poolIdleTimeoutMillis
+    const defaults = { ...DEFAULT_POOL_SETTINGS, ...defined(pool) }
     for (const [name, config] of Object.entries(datasources)) {
-      if (typeof config === 'string') this.#configs.set(name, { connectionString: config })
-      else if (config !== null && typeof config === 'object') this.#configs.set(name, { ...config })
-      else throw new InvalidOptionsError(`datasource ${JSON.stringify(name)} must be a connection string or a pg PoolConfig`)
+      if (typeof config === 'string') {
+        this.#configs.set(name, { ...defaults, connectionString: config })
+      } else if (config !== null && typeof config === 'object') {
+        checkSettings(config as Record<string, unknown>, `datasource ${JSON.stringify(name)}`)
+        this.#configs.set(name, { ...defaults, ...defined(config) })
+      } else {
+        throw new InvalidOptionsError(`datasource ${JSON.stringify(name)} must be a connection string or a pg PoolConfig`)
+      }
     }
     if (!this.#configs.has('default')) throw new InvalidOptionsError('datasources must include "default"')
   }
@@ -37,47 +164,200 @@ export class PoolManager {
     return this.#configs.keys()
   }
 
-  /** The pool of `datasource`, created on first use. */
-  pool (datasource: string): pg.Pool {
-    if (this.#state !== 'open') throw new Error('The tenancy has been closed; its pools cannot be used any more.')
-    let pool = this.#pools.get(datasource)
-    if (pool) return pool
-    const config = this.#configs.get(datasource)
-    if (!config) throw new InvalidOptionsError(`datasource ${JSON.stringify(datasource)} is not configured`)
-    pool = new pg.Pool(config)
-    // A client dying while idle or checked out emits 'error'; unhandled, it ends the process.
-    pool.on('error', () => {})
-    pool.on('connect', (client) => { client.on('error', () => {}) })
-    this.#pools.set(datasource, pool)
-    return pool
+  /** The most pools open at once. */
+  get maxPools (): number {
+    return this.#maxPools
   }
 
-  /** A client of `datasource`'s pool. */
-  async connect (datasource: string, label: string): Promise<pg.PoolClient> {
+  /** `open` until {@link close} is called, then `ending`, then `ended`. */
+  get state (): 'open' | 'ending' | 'ended' {
+    return this.#state
+  }
+
+  /**
+   * Checks out a client of `datasource`'s pool, opening the pool if needed.
+   * `label` names the instance in the 503 `TENANCY_DATASOURCE_UNAVAILABLE`
+   * raised when the database cannot be reached in time.
+   */
+  async acquire (datasource: string, label: string = datasource): Promise<Lease> {
+    const entry = this.#entry(datasource) ?? await this.#waitForSlot(datasource, label)
     try {
-      return await this.pool(datasource).connect()
+      const client = await entry.pool.connect()
+      return { client, datasource, entry }
     } catch (err) {
+      this.#drop(entry)
       throw Object.assign(new DatasourceUnavailableError(quote(label)), { cause: err })
     }
   }
 
+  /** Gives a client back; `destroy` closes it instead (its session is broken or unknown). */
+  release (lease: Lease, destroy = false): void {
+    lease.client.release(destroy ? new Error('The client was discarded.') : undefined)
+    this.#drop(lease.entry as Entry)
+  }
+
+  /** Counters over every open pool. */
   counts (): PoolCounts {
-    const counts: PoolCounts = { pools: this.#pools.size, open: 0, idle: 0, waiting: 0 }
-    for (const pool of this.#pools.values()) {
-      counts.open += pool.totalCount
-      counts.idle += pool.idleCount
-      counts.waiting += pool.waitingCount
+    const counts: PoolCounts = { pools: this.#entries.size, open: 0, idle: 0, waiting: this.#waiters.length, leased: 0 }
+    for (const entry of this.#entries.values()) {
+      counts.open += entry.pool.totalCount
+      counts.idle += entry.pool.idleCount
+      counts.waiting += entry.pool.waitingCount
+      counts.leased += entry.leases
     }
     return counts
   }
 
-  /** Ends every pool. */
-  async end (): Promise<void> {
-    if (this.#state !== 'open') return
-    this.#state = 'ending'
-    const pools = [...this.#pools.values()]
-    this.#pools.clear()
-    await Promise.allSettled(pools.map(async (pool) => await pool.end()))
+  /** One line per open pool. */
+  status (): PoolStatus[] {
+    return [...this.#entries.values()].map((entry) => ({
+      datasource: entry.datasource,
+      state: entry.state,
+      open: entry.pool.totalCount,
+      idle: entry.pool.idleCount,
+      waiting: entry.pool.waitingCount,
+      leased: entry.leases,
+    }))
+  }
+
+  /** Ends every pool and fails everyone waiting for one. Safe to call twice. */
+  async close (): Promise<void> {
+    if (this.#state === 'open') {
+      this.#state = 'ending'
+      if (this.#sweeper) clearInterval(this.#sweeper)
+      for (const waiter of this.#waiters.splice(0)) {
+        clearTimeout(waiter.timer)
+        waiter.reject(new Error('The tenancy was closed while this query waited for a connection pool.'))
+      }
+      for (const entry of [...this.#entries.values()]) this.#close(entry)
+    }
+    while (this.#ending.size > 0) await Promise.allSettled([...this.#ending])
     this.#state = 'ended'
+  }
+
+  /** @deprecated use {@link close} */
+  async end (): Promise<void> {
+    await this.close()
+  }
+
+  /** The open entry of `datasource` with a lease taken, or undefined when the caller must wait for a slot. */
+  #entry (datasource: string): Entry | undefined {
+    if (this.#state !== 'open') throw new Error('The tenancy has been closed; its pools cannot be used any more.')
+    const existing = this.#entries.get(datasource)
+    if (existing) return this.#lease(existing)
+    const config = this.#configs.get(datasource)
+    if (!config) throw new InvalidOptionsError(`datasource ${JSON.stringify(datasource)} is not configured`)
+    // Waiters are served first: a newcomer must not take the slot they wait for.
+    if (this.#waiters.length > 0) return undefined
+    if (this.#entries.size >= this.#maxPools) {
+      const victim = this.#leastRecentlyUsedIdle()
+      if (!victim) return undefined
+      this.#close(victim)
+      this.evictions++
+    }
+    return this.#lease(this.#open(datasource, config))
+  }
+
+  #lease (entry: Entry): Entry {
+    entry.leases++
+    entry.lastUsed = Date.now()
+    return entry
+  }
+
+  async #waitForSlot (datasource: string, label: string): Promise<Entry> {
+    const timeout = this.#configs.get(datasource)!.connectionTimeoutMillis ?? DEFAULT_POOL_SETTINGS.connectionTimeoutMillis
+    return await new Promise<Entry>((resolve, reject) => {
+      const waiter: SlotWaiter = {
+        datasource,
+        resolve,
+        reject,
+        timer: setTimeout(() => {
+          const index = this.#waiters.indexOf(waiter)
+          if (index >= 0) this.#waiters.splice(index, 1)
+          const cause = new Error(`All ${this.#maxPools} connection pools (maxPools) had clients checked out for ${timeout} ms, so no pool could be opened for datasource ${JSON.stringify(datasource)}.`)
+          reject(Object.assign(new DatasourceUnavailableError(quote(label)), { cause }))
+        }, timeout),
+      }
+      this.#waiters.push(waiter)
+    })
+  }
+
+  /** A lease ended: an idle pool is handed to the first waiter for a slot. */
+  #drop (entry: Entry): void {
+    entry.leases--
+    entry.lastUsed = Date.now()
+    if (entry.leases === 0 && this.#waiters.length > 0 && entry.state === 'open') this.#grant(entry)
+  }
+
+  // Runs synchronously, so nobody can take the freed slot between the close and the open.
+  #grant (idle: Entry): void {
+    while (this.#waiters.length > 0) {
+      const first = this.#waiters.shift()!
+      clearTimeout(first.timer)
+      const existing = this.#entries.get(first.datasource)
+      if (existing) {
+        first.resolve(this.#lease(existing))
+        continue
+      }
+      this.#close(idle)
+      this.evictions++
+      const entry = this.#open(first.datasource, this.#configs.get(first.datasource)!)
+      first.resolve(this.#lease(entry))
+      for (let i = this.#waiters.length - 1; i >= 0; i--) {
+        const waiter = this.#waiters[i]!
+        if (waiter.datasource !== first.datasource) continue
+        this.#waiters.splice(i, 1)
+        clearTimeout(waiter.timer)
+        waiter.resolve(this.#lease(entry))
+      }
+      return
+    }
+  }
+
+  #leastRecentlyUsedIdle (): Entry | undefined {
+    let victim: Entry | undefined
+    for (const entry of this.#entries.values()) {
+      if (entry.leases === 0 && (!victim || entry.lastUsed < victim.lastUsed)) victim = entry
+    }
+    return victim
+  }
+
+  #open (datasource: string, config: pg.PoolConfig): Entry {
+    const pool = new pg.Pool(config)
+    // An idle client whose server goes away emits 'error' on the pool; pg-pool
+    // drops the client, and without a listener the process would crash.
+    pool.on('error', () => {})
+    // A checked-out client that dies between queries emits 'error' on itself;
+    // its next query fails and the routing pool discards it.
+    pool.on('connect', (client) => { client.on('error', () => {}) })
+    const entry: Entry = { datasource, pool, state: 'open', leases: 0, lastUsed: Date.now() }
+    this.#entries.set(datasource, entry)
+    this.#sweeper ??= this.#startSweeper()
+    return entry
+  }
+
+  #close (entry: Entry): void {
+    if (entry.state !== 'open') return
+    entry.state = 'ending'
+    this.#entries.delete(entry.datasource)
+    const ending: Promise<void> = entry.pool.end().catch(() => {}).then(() => {
+      entry.state = 'ended'
+      this.#ending.delete(ending)
+    })
+    this.#ending.add(ending)
+  }
+
+  #startSweeper (): NodeJS.Timeout {
+    const every = Math.min(Math.max(Math.floor(this.#poolIdleTimeoutMillis / 2), 50), 30000)
+    const sweeper = setInterval(() => {
+      const before = Date.now() - this.#poolIdleTimeoutMillis
+      for (const entry of [...this.#entries.values()]) {
+        if (entry.leases !== 0 || entry.lastUsed > before) continue
+        if (this.#waiters.length > 0) this.#grant(entry)
+        else this.#close(entry)
+      }
+    }, every)
+    sweeper.unref()
+    return sweeper
   }
 }
