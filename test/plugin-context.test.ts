@@ -45,7 +45,7 @@ async function appWithProbes (options: Record<string, unknown> = {}, fastifyOpti
   app.addHook('onError', async (request) => { record(request.id, 'onError') })
   app.setErrorHandler(async (err, request, reply) => {
     record(request.id, 'errorHandler')
-    return reply.code((err as { statusCode?: number }).statusCode ?? 500).send({ message: err.message, instance: here() })
+    return reply.code((err as { statusCode?: number }).statusCode ?? 500).send({ message: (err as Error).message, instance: here() })
   })
   return { app, seen }
 }
