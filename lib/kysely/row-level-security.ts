@@ -1,0 +1,109 @@
+import pg from 'pg'
+import type { TenancyContext } from '../context.js'
+import { InvalidOptionsError } from '../errors.js'
+import { SAFE_IDENTIFIER } from '../instance.js'
+import type { SessionSettings } from './session-state.js'
+import { TenantTables, type TenantTablesOption } from './tenant-tables.js'
+
+/** The session setting the `rls` option sets and the policies read. */
+export const RLS_SETTING = 'tenancy.iid'
+
+/**
+ * The value of {@link RLS_SETTING} for a context: the instance id in an
+ * instance context, `'host'` in host context, `'*'` in `unscoped` (the policies
+ * let everything through, as the filter does) and `''` with no context (the
+ * policies let nothing through).
+ */
+export function rowLevelSecurityValue (context: TenancyContext | undefined): string {
+  if (context === undefined) return ''
+  if (context.kind === 'unscoped') return '*'
+  if (context.kind === 'host' || context.instance === undefined) return 'host'
+  return String(context.instance.id)
+}
+
+// One frozen object per value: the routing pool compares settings by identity
+// first, so a connection that already carries the value costs no round trip.
+const settingsByValue = new Map<string, Readonly<Record<string, string>>>()
+
+/**
+ * The session settings of the `rls` option: {@link RLS_SETTING} set to
+ * {@link rowLevelSecurityValue} on every connection the routing pool hands out,
+ * so a value never outlives the checkout it was meant for.
+ *
+ * ```ts
+ * createTenancy({ …, settings: rowLevelSecuritySettings() }) // what rls: true does
+ * ```
+ */
+export function rowLevelSecuritySettings (): SessionSettings {
+  return (context) => {
+    const value = rowLevelSecurityValue(context)
+    let settings = settingsByValue.get(value)
+    if (settings === undefined) {
+      settings = Object.freeze({ [RLS_SETTING]: value })
+      if (settingsByValue.size < 10_000) settingsByValue.set(value, settings)
+    }
+    return settings
+  }
+}
+
+/** @internal Both settings functions' keys; the second wins. */
+export function withSettings (first: SessionSettings | undefined, second: SessionSettings): SessionSettings {
+  if (first === undefined) return second
+  return (context) => ({ ...first(context), ...second(context) })
+}
+
+/** Options of {@link rowLevelSecurityStatements}. */
+export interface RowLevelSecurityOptions {
+  /** The tenant column. Defaults to `'iid'`. */
+  tenantColumn?: string
+  /** The policy's name. Defaults to `'tenancy_instance'`. */
+  policyName?: string
+}
+
+function qualified (key: string): string {
+  return key.split('.').map((part) => pg.escapeIdentifier(part)).join('.')
+}
+
+/**
+ * The statements that put the tenant tables under row-level security: `ENABLE`
+ * and `FORCE ROW LEVEL SECURITY` (so the owner is bound too; superusers and
+ * `BYPASSRLS` roles never are) and one policy per table on
+ * `current_setting('tenancy.iid', true)`: an instance sees and writes its own
+ * rows, host context the host rows of `may` tables, `unscoped` everything, no
+ * context nothing. Run them once, from a migration, as the tables' owner;
+ * they can be run again.
+ *
+ * ```ts
+ * rowLevelSecurityStatements({ student: 'must' })
+ * // alter table "student" enable row level security
+ * // alter table "student" force row level security
+ * // drop policy if exists "tenancy_instance" on "student"
+ * // create policy "tenancy_instance" on "student" using (current_setting('tenancy.iid', true) = '*' or "iid" =
+ * //   (case when current_setting('tenancy.iid', true) ~ '^[0-9]+$' then current_setting('tenancy.iid', true)::bigint end))
+ * //   with check (…the same…)
+ * ```
+ */
+export function rowLevelSecurityStatements (tables: TenantTables | TenantTablesOption, options: RowLevelSecurityOptions = {}): string[] {
+  const column = options.tenantColumn ?? 'iid'
+  if (!SAFE_IDENTIFIER.test(column)) throw new InvalidOptionsError(`tenantColumn ${JSON.stringify(column)} is not a safe column name`)
+  const policy = pg.escapeIdentifier(options.policyName ?? 'tenancy_instance')
+  const entries = Object.entries(tables instanceof TenantTables ? tables.toJSON() : new TenantTables(tables).toJSON())
+  const setting = `current_setting('${RLS_SETTING}', true)`
+  // '' after a transaction-local reset and 'host' / '*' are not numbers: the
+  // CASE keeps the cast from failing, and NULL matches no row.
+  const id = `(case when ${setting} ~ '^[0-9]+$' then ${setting}::bigint end)`
+  const statements: string[] = []
+  for (const [key, kind] of entries) {
+    const table = qualified(key)
+    const rule = kind === 'must'
+      ? `${setting} = '*' or ${pg.escapeIdentifier(column)} = ${id}`
+      : `${setting} = '*' or ${pg.escapeIdentifier(column)} = ${id} or (${pg.escapeIdentifier(column)} is null and ${setting} = 'host')`
+    statements.push(
+      `alter table ${table} enable row level security`,
+      `alter table ${table} force row level security`,
+      `drop policy if exists ${policy} on ${table}`,
+      `create policy ${policy} on ${table} using (${rule}) with check (${rule})`,
+    )
+  }
+  return statements
+}

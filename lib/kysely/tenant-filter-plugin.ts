@@ -1,0 +1,88 @@
+import type { KyselyPlugin, PluginTransformQueryArgs, PluginTransformResultArgs, QueryResult, RootOperationNode, UnknownRow } from 'kysely'
+import { currentContext } from '../context.js'
+import { InvalidOptionsError } from '../errors.js'
+import { SAFE_IDENTIFIER } from '../instance.js'
+import type { RawSqlGuard } from './raw-sql-guard.js'
+import { TenantFilterTransformer, type TenantFilterTarget } from './tenant-filter-transformer.js'
+import { TenantTables, type TenantTablesOption } from './tenant-tables.js'
+
+/** Options of {@link TenantFilterPlugin}. */
+export interface TenantFilterPluginOptions {
+  /**
+   * The tenant tables: the `tables` option's form, {@link TenantTables} (e.g.
+   * from {@link discoverTenantTables}), or a function returning the current ones.
+   */
+  tables: TenantTablesOption | TenantTables | (() => TenantTables)
+  /** The tenant column. Defaults to `'iid'`. */
+  tenantColumn?: string
+  /**
+   * Refuses raw statements (`sql\`…\``) that name a tenant table outside
+   * `unscoped`, with `TENANCY_RAW_SQL`. Needs a loaded guard: see
+   * {@link RawSqlGuard.load}. Defaults to none (raw statements pass unchanged).
+   */
+  rawSqlGuard?: RawSqlGuard
+}
+
+const NO_CONTEXT: TenantFilterTarget = { kind: 'none' }
+const HOST: TenantFilterTarget = { kind: 'host' }
+
+/**
+ * Confines every query to the current context's instance: each reference to a
+ * tenant table, wherever it stands in the statement (FROM, JOINs, subqueries,
+ * CTEs, set operations, UPDATE … FROM, DELETE … USING, INSERT … SELECT, ON
+ * CONFLICT), gets `<alias>.iid = <instance id>`; INSERT fills `iid`. In host
+ * context `may` tables get `iid is null` and `must` tables throw
+ * `TENANCY_HOST_CONTEXT`; in `unscoped` the filter is off; with no context a
+ * tenant table throws `TENANCY_NO_CONTEXT`. Errors are raised while the query
+ * compiles, before anything reaches the database. `tenancy.kysely()` installs
+ * it; it works on its own with any Kysely.
+ *
+ * ```ts
+ * const db = new Kysely<DB>({ dialect, plugins: [new TenantFilterPlugin({ tables: { student: 'must', role: 'may' } })] })
+ * await runAsInstance('shareTest', () => db.selectFrom('student as s').leftJoin('role as r', 'r.id', 's.role_id').selectAll('s').execute())
+ * // select "s".* from "student" as "s" left join "role" as "r" on "r"."id" = "s"."role_id" and "r"."iid" = $1
+ * //   where "s"."iid" = $2   -- [2, 2]
+ * ```
+ */
+export class TenantFilterPlugin implements KyselyPlugin {
+  readonly #transformer: TenantFilterTransformer
+  readonly #guard: RawSqlGuard | undefined
+  readonly #column: string
+
+  constructor (options: TenantFilterPluginOptions) {
+    if (options === null || typeof options !== 'object') throw new InvalidOptionsError('TenantFilterPlugin needs an options object')
+    const tables = options.tables instanceof TenantTables || typeof options.tables === 'function' ? options.tables : new TenantTables(options.tables)
+    this.#column = options.tenantColumn ?? 'iid'
+    if (typeof this.#column !== 'string' || !SAFE_IDENTIFIER.test(this.#column)) throw new InvalidOptionsError(`tenantColumn ${JSON.stringify(this.#column)} is not a safe column name`)
+    this.#transformer = new TenantFilterTransformer(tables, this.#column)
+    this.#guard = options.rawSqlGuard
+  }
+
+  transformQuery (args: PluginTransformQueryArgs): RootOperationNode {
+    const context = currentContext()
+    if (context?.kind === 'unscoped') return args.node
+    const node = args.node
+    switch (node.kind) {
+      case 'SelectQueryNode':
+      case 'InsertQueryNode':
+      case 'UpdateQueryNode':
+      case 'DeleteQueryNode':
+      case 'MergeQueryNode': {
+        const target: TenantFilterTarget = context === undefined
+          ? NO_CONTEXT
+          : context.kind === 'host' || context.instance === undefined ? HOST : { kind: 'instance', id: context.instance.id }
+        return this.#transformer.confine(node, target, args.queryId)
+      }
+      case 'RawNode':
+        this.#guard?.check(node)
+        return node
+      default:
+        // Schema statements (create table, …) name no rows.
+        return node
+    }
+  }
+
+  async transformResult (args: PluginTransformResultArgs): Promise<QueryResult<UnknownRow>> {
+    return args.result
+  }
+}
