@@ -74,6 +74,8 @@ interface Entry {
   /** Checked-out clients plus connects in progress: a pool with leases is never closed. */
   leases: number
   lastUsed: number
+  /** Order of last use: milliseconds tie too often to rank pools by. */
+  useOrder: number
 }
 
 /** A client checked out through the manager; give it back with {@link PoolManager.release}. */
@@ -132,6 +134,7 @@ export class PoolManager {
   readonly #poolIdleTimeoutMillis: number
   #sweeper: NodeJS.Timeout | undefined
   #state: 'open' | 'ending' | 'ended' = 'open'
+  #uses = 0
   /** Pools closed to make room under `maxPools`, since start. */
   evictions = 0
 
@@ -261,6 +264,7 @@ export class PoolManager {
   #lease (entry: Entry): Entry {
     entry.leases++
     entry.lastUsed = Date.now()
+    entry.useOrder = ++this.#uses
     return entry
   }
 
@@ -286,6 +290,7 @@ export class PoolManager {
   #drop (entry: Entry): void {
     entry.leases--
     entry.lastUsed = Date.now()
+    entry.useOrder = ++this.#uses
     if (entry.leases === 0 && this.#waiters.length > 0 && entry.state === 'open') this.#grant(entry)
   }
 
@@ -317,7 +322,7 @@ export class PoolManager {
   #leastRecentlyUsedIdle (): Entry | undefined {
     let victim: Entry | undefined
     for (const entry of this.#entries.values()) {
-      if (entry.leases === 0 && (!victim || entry.lastUsed < victim.lastUsed)) victim = entry
+      if (entry.leases === 0 && (!victim || entry.useOrder < victim.useOrder)) victim = entry
     }
     return victim
   }
@@ -330,7 +335,7 @@ export class PoolManager {
     // A checked-out client that dies between queries emits 'error' on itself;
     // its next query fails and the routing pool discards it.
     pool.on('connect', (client) => { client.on('error', () => {}) })
-    const entry: Entry = { datasource, pool, state: 'open', leases: 0, lastUsed: Date.now() }
+    const entry: Entry = { datasource, pool, state: 'open', leases: 0, lastUsed: Date.now(), useOrder: ++this.#uses }
     this.#entries.set(datasource, entry)
     this.#sweeper ??= this.#startSweeper()
     return entry

@@ -1,0 +1,131 @@
+import t from 'tap'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { PoolManager, type Lease } from '../lib/index.js'
+import { createDatabase, query } from './helpers/database.js'
+
+const urls = {
+  default: await createDatabase(t, 'pm_default'),
+  a: await createDatabase(t, 'pm_a'),
+  b: await createDatabase(t, 'pm_b'),
+  c: await createDatabase(t, 'pm_c'),
+}
+const dbName = (url: string): string => new URL(url).pathname.slice(1)
+
+async function database (lease: Lease): Promise<string> {
+  return (await lease.client.query<{ d: string }>('select current_database() as d')).rows[0]!.d
+}
+
+async function until (condition: () => boolean, what: string): Promise<void> {
+  for (let i = 0; i < 400 && !condition(); i++) await sleep(25)
+  if (!condition()) throw new Error(`gave up waiting until ${what}`)
+}
+
+t.test('pools open lazily, one per datasource, on the right database', async (t) => {
+  const pools = new PoolManager(urls)
+  t.teardown(() => pools.close())
+  t.same(pools.counts(), { pools: 0, open: 0, idle: 0, waiting: 0, leased: 0 }, 'nothing open before first use')
+  for (const name of ['a', 'b', 'a'] as const) {
+    const lease = await pools.acquire(name)
+    t.equal(await database(lease), dbName(urls[name]))
+    t.equal(pools.counts().leased, 1)
+    pools.release(lease)
+  }
+  t.same(pools.counts(), { pools: 2, open: 2, idle: 2, waiting: 0, leased: 0 })
+  t.same(pools.status().map((s) => [s.datasource, s.state]).sort(), [['a', 'open'], ['b', 'open']])
+})
+
+t.test('maxPools: the least recently used idle pool is closed, never one with a client checked out', async (t) => {
+  const pools = new PoolManager(urls, { maxPools: 2 })
+  t.teardown(() => pools.close())
+  const held = await pools.acquire('a')
+  pools.release(await pools.acquire('b'))
+  const c = await pools.acquire('c')
+  t.equal(await database(c), dbName(urls.c))
+  t.same(pools.status().map((s) => s.datasource).sort(), ['a', 'c'], 'b (idle) was closed, a (older, but in use) kept')
+  t.equal(pools.evictions, 1)
+  t.equal(await database(held), dbName(urls.a), 'the held client still works')
+  pools.release(c)
+  pools.release(held)
+  pools.release(await pools.acquire('b'))
+  t.same(pools.status().map((s) => s.datasource).sort(), ['a', 'b'], 'c was the least recently used')
+  t.ok(pools.counts().pools <= 2)
+})
+
+t.test('when every pool is busy a new datasource waits for a slot, and fails with 503 after the timeout', async (t) => {
+  const pools = new PoolManager(urls, { maxPools: 1, pool: { connectionTimeoutMillis: 150 } })
+  t.teardown(() => pools.close())
+  const held = await pools.acquire('a', 'alpha')
+  const err = await pools.acquire('b', 'beta').catch((err: unknown) => err)
+  t.match(err, { code: 'TENANCY_DATASOURCE_UNAVAILABLE', statusCode: 503, message: /"beta"/ })
+  t.match((err as Error).cause, { message: /All 1 connection pools \(maxPools\) had clients checked out for 150 ms/ })
+  const waiting = pools.acquire('b')
+  await until(() => pools.counts().waiting === 1, 'the caller waits')
+  pools.release(held)
+  const b = await waiting
+  t.equal(await database(b), dbName(urls.b), 'the freed slot went to the waiter')
+  t.same(pools.status().map((s) => s.datasource), ['b'])
+  pools.release(b)
+})
+
+t.test('per-datasource max and connection timeout: an exhausted pool fails with 503', async (t) => {
+  const pools = new PoolManager({ ...urls, a: { connectionString: urls.a, max: 1, connectionTimeoutMillis: 100 } }, { pool: { max: 3 } })
+  t.teardown(() => pools.close())
+  const first = await pools.acquire('a')
+  await t.rejects(pools.acquire('a'), { code: 'TENANCY_DATASOURCE_UNAVAILABLE' }, 'a has max 1')
+  const others = await Promise.all([pools.acquire('b'), pools.acquire('b'), pools.acquire('b')])
+  t.equal(others.length, 3, 'b has the default max 3')
+  for (const lease of others) pools.release(lease)
+  pools.release(first)
+  pools.release(await pools.acquire('a'))
+  t.equal(pools.counts().leased, 0)
+})
+
+t.test('idle pools close after poolIdleTimeoutMillis', async (t) => {
+  const pools = new PoolManager(urls, { poolIdleTimeoutMillis: 100 })
+  t.teardown(() => pools.close())
+  pools.release(await pools.acquire('a'))
+  const held = await pools.acquire('b')
+  await until(() => pools.counts().pools === 1, 'the idle pool closes')
+  t.same(pools.status().map((s) => s.datasource), ['b'], 'the pool in use stays')
+  pools.release(held)
+  await until(() => pools.counts().pools === 0, 'the other one closes too')
+  const again = await pools.acquire('a')
+  t.equal(await database(again), dbName(urls.a), 'and reopens on demand')
+  pools.release(again)
+})
+
+t.test('an idle client killed by the server does not crash the process; the pool recovers', async (t) => {
+  const pools = new PoolManager(urls)
+  t.teardown(() => pools.close())
+  const lease = await pools.acquire('a')
+  const pid = (lease.client as unknown as { processID: number }).processID
+  pools.release(lease)
+  await query(urls.default, 'select pg_terminate_backend($1)', [pid])
+  await until(() => pools.counts().open === 0, 'pg-pool drops the dead client')
+  const next = await pools.acquire('a')
+  t.equal(await database(next), dbName(urls.a))
+  pools.release(next)
+})
+
+t.test('close() ends every pool and refuses new work', async (t) => {
+  const pools = new PoolManager(urls, { maxPools: 5 })
+  const leases = await Promise.all((['a', 'b', 'c'] as const).map(async (name) => await pools.acquire(name)))
+  for (const lease of leases) pools.release(lease)
+  t.equal(pools.state, 'open')
+  await pools.close()
+  t.equal(pools.state, 'ended')
+  t.same(pools.counts(), { pools: 0, open: 0, idle: 0, waiting: 0, leased: 0 })
+  await t.rejects(pools.acquire('a'), { message: /closed/ })
+  await pools.close()
+})
+
+t.test('options are validated with a sentence', async (t) => {
+  t.throws(() => new PoolManager(urls, { maxPools: 0 }), { code: 'TENANCY_INVALID_OPTIONS', message: /maxPools must be a positive integer/ })
+  t.throws(() => new PoolManager(urls, { poolIdleTimeoutMillis: -1 }), { code: 'TENANCY_INVALID_OPTIONS' })
+  t.throws(() => new PoolManager(urls, { pool: { max: 1.5 } }), { message: /pool: max must be a positive integer/ })
+  t.throws(() => new PoolManager({ ...urls, a: { max: -1 } }), { message: /datasource "a": max must be a positive integer/ })
+  t.throws(() => new PoolManager({ ...urls, a: { connectionTimeoutMillis: 'soon' as unknown as number } }), { message: /connectionTimeoutMillis must be a whole number/ })
+  t.throws(() => new PoolManager({ a: urls.a }), { message: /must include "default"/ })
+  t.throws(() => new PoolManager({ default: 42 as unknown as string }), { message: /connection string or a pg PoolConfig/ })
+  await t.rejects(new PoolManager(urls).acquire('nope'), { message: /"nope" is not configured/ })
+})
