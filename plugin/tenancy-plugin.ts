@@ -20,13 +20,21 @@ export type TenancyPluginOptions = ({ tenancy: Tenancy } | TenancyOptions) & {
 async function tenancyPlugin (fastify: FastifyInstance, options: TenancyPluginOptions): Promise<void> {
   if (options === null || typeof options !== 'object') throw new InvalidOptionsError('the plugin needs an options object')
   let tenancy: Tenancy
+  let resolve: ReturnType<typeof createInstanceResolver>
   if ('tenancy' in options) {
     if (!(options.tenancy instanceof Tenancy)) throw new InvalidOptionsError('tenancy must be made by createTenancy()')
     tenancy = options.tenancy
+    resolve = createInstanceResolver(tenancy.instances, options.resolve)
   } else {
     tenancy = await createTenancy(options)
+    try {
+      resolve = createInstanceResolver(tenancy.instances, options.resolve)
+    } catch (err) {
+      // The tenancy made here would otherwise stay the one named exports use.
+      await tenancy.close()
+      throw err
+    }
   }
-  const resolve = createInstanceResolver(tenancy.instances, options.resolve)
   const hostFrame = (done: HookHandlerDoneFunction): void => { tenancy.runAsHost(done) }
 
   fastify.decorate('tenancy', tenancy)
