@@ -70,6 +70,9 @@ export const MismatchError = define('TENANCY_MISMATCH', 500, '%s')
 export const RawSqlError = define('TENANCY_RAW_SQL', 500,
   'A raw SQL statement names the tenant table %s; raw statements cannot be confined to an instance. Use the query builder, or unscoped() with an explicit iid.')
 
+/** 500: a statement on a tenant table cannot be confined to an instance (MERGE), so it is refused. */
+export const UnsupportedStatementError = define('TENANCY_UNSUPPORTED_STATEMENT', 500, '%s')
+
 /** 503: the instance's database cannot be reached; other instances keep working. */
 export const DatasourceUnavailableError = define('TENANCY_DATASOURCE_UNAVAILABLE', 503,
   'The database of instance %s cannot be reached right now.')
@@ -87,6 +90,7 @@ export const errorClasses = {
   TENANCY_HOST_CONTEXT: HostContextError,
   TENANCY_MISMATCH: MismatchError,
   TENANCY_RAW_SQL: RawSqlError,
+  TENANCY_UNSUPPORTED_STATEMENT: UnsupportedStatementError,
   TENANCY_DATASOURCE_UNAVAILABLE: DatasourceUnavailableError,
   TENANCY_INVALID_OPTIONS: InvalidOptionsError,
 } as const

@@ -6,6 +6,10 @@ import { InstanceRegistry, requireInstance, type InstanceStore } from './instanc
 import { PoolManager, type DatasourceConfig, type PoolSettings } from './kysely/pool-manager.js'
 import { RoutingPool } from './kysely/routing-pool.js'
 import type { SessionSettings } from './kysely/session-state.js'
+import { TenantFilterPlugin } from './kysely/tenant-filter-plugin.js'
+import { TenantTables, discoverTenantTables, type TenantTablesOption } from './kysely/tenant-tables.js'
+import { RawSqlGuard } from './kysely/raw-sql-guard.js'
+import { rowLevelSecuritySettings, withSettings } from './kysely/row-level-security.js'
 
 /** Options of {@link createTenancy}. */
 export interface TenancyOptions {
@@ -32,6 +36,24 @@ export interface TenancyOptions {
   pool?: PoolSettings
   /** Extra session settings set on each connection for its context, e.g. for row-level security. Defaults to none. */
   settings?: SessionSettings
+  /**
+   * The tenant tables, `must` or `may`, by `table` or `schema.table`. Defaults
+   * to discovery from the default datasource's catalog by `createTenancy`:
+   * every table with the tenant column, `NOT NULL` ⇒ `must`, nullable ⇒ `may`
+   * (call `discoverTables()` again after a migration adds one).
+   */
+  tables?: TenantTablesOption
+  /**
+   * Refuse raw statements (`sql\`…\``) that name a tenant table outside
+   * `unscoped()` with `TENANCY_RAW_SQL`. Defaults to `false`.
+   */
+  strict?: boolean
+  /**
+   * Row-level security, the second line of defence: every connection carries
+   * the context in the session setting `tenancy.iid` for the policies that
+   * `rowLevelSecurityStatements()` creates. Defaults to `false`.
+   */
+  rls?: boolean
 }
 
 function isStore (value: unknown): value is InstanceStore {
@@ -50,6 +72,9 @@ export class Tenancy {
   readonly tenantColumn: string
   readonly #pools: PoolManager
   readonly #settings: SessionSettings | undefined
+  #tenantTables: TenantTables | undefined
+  readonly #strict: boolean
+  #rawSqlGuard: RawSqlGuard | undefined
   #kysely: Kysely<any> | undefined
   #closed = false
 
@@ -58,7 +83,12 @@ export class Tenancy {
     if (options === null || typeof options !== 'object') throw new InvalidOptionsError('createTenancy needs an options object')
     this.#pools = new PoolManager(options.datasources, { maxPools: options.maxPools, poolIdleTimeoutMillis: options.poolIdleTimeoutMillis, pool: options.pool })
     if (options.settings !== undefined && typeof options.settings !== 'function') throw new InvalidOptionsError('settings must be a function of the context that returns the session settings')
-    this.#settings = options.settings
+    for (const flag of ['strict', 'rls'] as const) {
+      if (options[flag] !== undefined && typeof options[flag] !== 'boolean') throw new InvalidOptionsError(`${flag} must be true or false`)
+    }
+    this.#settings = options.rls === true ? withSettings(options.settings, rowLevelSecuritySettings()) : options.settings
+    this.#strict = options.strict === true
+    if (options.tables !== undefined) this.#tenantTables = new TenantTables(options.tables)
     this.instances = isStore(options.instances) ? options.instances : new InstanceRegistry(options.instances, this.#pools.names())
     this.tenantColumn = options.tenantColumn ?? 'iid'
     if (typeof this.tenantColumn !== 'string' || !/^[a-z_][a-z0-9_]{0,62}$/.test(this.tenantColumn)) {
@@ -127,7 +157,34 @@ export class Tenancy {
 
   /** @internal The plugins `kysely()` installs. */
   protected kyselyPlugins (): KyselyPlugin[] {
-    return []
+    if (this.#tenantTables === undefined) throw new Error('The tenant tables are not known yet: create the tenancy with createTenancy(), which discovers them.')
+    return [new TenantFilterPlugin({ tables: () => this.#tenantTables!, tenantColumn: this.tenantColumn, rawSqlGuard: this.#rawSqlGuard })]
+  }
+
+  /** The tenant tables the filter confines: the `tables` option, or those discovered. */
+  get tenantTables (): TenantTables | undefined {
+    return this.#tenantTables
+  }
+
+  /**
+   * Reads the tenant tables from the default datasource's catalog (every
+   * schema) and uses them from now on: for a tenancy made without `tables`,
+   * after a migration that adds a tenant table.
+   */
+  async discoverTables (): Promise<TenantTables> {
+    const lease = await this.#pools.acquire('default')
+    try {
+      this.#tenantTables = await discoverTenantTables(lease.client, this.tenantColumn)
+    } finally {
+      this.#pools.release(lease)
+    }
+    return this.#tenantTables
+  }
+
+  /** @internal Start-up work of createTenancy: table discovery, the strict parser. */
+  async prepareTenantFilter (options: TenancyOptions): Promise<void> {
+    if (options.tables === undefined) await this.discoverTables()
+    if (this.#strict) this.#rawSqlGuard = await RawSqlGuard.load(() => this.#tenantTables!)
   }
 
   /** Ends every pool this tenancy opened. Safe to call twice. */
@@ -153,6 +210,12 @@ export class Tenancy {
  */
 export async function createTenancy (options: TenancyOptions): Promise<Tenancy> {
   const tenancy = new Tenancy(options)
+  try {
+    await tenancy.prepareTenantFilter(options)
+  } catch (err) {
+    await tenancy.close()
+    throw err
+  }
   setLastCreated(tenancy)
   return tenancy
 }
