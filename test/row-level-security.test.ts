@@ -1,0 +1,77 @@
+// Row-level security under the `rls` option, as an ordinary application role
+// (superusers bypass RLS): raw SQL, which the rewrite cannot see, is still
+// confined; host context sees host rows of may tables; no context sees nothing;
+// a connection never carries a stale instance to the next checkout.
+import t from 'tap'
+import { sql } from 'kysely'
+import { randomBytes } from 'node:crypto'
+import { createTenancy, rowLevelSecurityStatements } from '../lib/index.js'
+import { adminQuery, createDatabase, query } from './helpers/database.js'
+import { createTenantSchema, schemaInstances, type TenantDB } from './helpers/tenant-schema.js'
+
+const url = await createDatabase(t, 'row_level_security')
+await createTenantSchema(url)
+const role = `tenancy_app_${randomBytes(4).toString('hex')}`
+const password = randomBytes(12).toString('hex')
+await adminQuery(`create role ${role} login password '${password}' nosuperuser nobypassrls`)
+t.teardown(async () => { await adminQuery(`drop role if exists ${role}`) })
+await query(url, `grant select, insert, update, delete on all tables in schema public to ${role}`)
+for (const statement of rowLevelSecurityStatements({ student: 'must', course: 'must', role: 'may', tag: 'must' })) await query(url, statement)
+
+const appUrl = new URL(url)
+appUrl.username = role
+appUrl.password = password
+const tenancy = await createTenancy({
+  instances: schemaInstances,
+  datasources: { default: appUrl.toString() },
+  pool: { max: 1 },
+  rls: true,
+})
+t.teardown(async () => { await tenancy.close(); await adminQuery(`drop owned by ${role}`, url).catch(() => {}) })
+const db = tenancy.kysely<TenantDB>()
+
+t.test('the policies exist, enabled and forced', async (t) => {
+  const rows = await query(url, "select relname, relrowsecurity, relforcerowsecurity from pg_class where relname in ('student', 'course', 'role', 'tag') order by relname")
+  t.same(rows.map((r) => [r.relname, r.relrowsecurity, r.relforcerowsecurity]), [['course', true, true], ['role', true, true], ['student', true, true], ['tag', true, true]])
+})
+
+t.test('raw SQL is confined to the instance by the policies', async (t) => {
+  for (const id of [1, 2, 3]) {
+    await tenancy.runAsInstance(id, async () => {
+      const { rows } = await sql<{ iid: number }>`select distinct iid from student`.execute(db)
+      t.same(rows, [{ iid: id }], `instance ${id} sees only its students`)
+      const roles = await sql<{ iid: number }>`select iid from role order by id`.execute(db)
+      t.same(roles.rows, [{ iid: id }, { iid: id }], 'and only its roles, no host rows')
+      const updated = await sql`update student set name = name || '!'`.execute(db)
+      t.equal(Number(updated.numAffectedRows), 4, 'an unfiltered raw update changes only its own rows')
+      await t.rejects(sql`insert into student (id, iid, name) values (50, ${id === 1 ? 2 : 1}, 'intruder')`.execute(db), /row-level security/, 'cannot write another instance')
+    })
+  }
+  t.same(await query(url, "select iid, count(*)::int as n from student where name like '%!' group by iid order by iid"), [{ iid: 1, n: 4 }, { iid: 2, n: 4 }, { iid: 3, n: 4 }])
+})
+
+t.test('host, no context and unscoped', async (t) => {
+  await tenancy.runAsHost(async () => {
+    t.same((await sql<{ name: string }>`select name from role order by id`.execute(db)).rows, [{ name: 'host role 1' }, { name: 'host role 2' }])
+    t.same((await sql`select * from student`.execute(db)).rows, [], 'must tables show nothing in host context')
+  })
+  t.same((await sql`select * from student`.execute(db)).rows, [], 'no context: nothing')
+  t.same((await sql`select * from role`.execute(db)).rows, [])
+  await tenancy.unscoped(async () => {
+    t.equal((await sql`select * from student`.execute(db)).rows.length, 12, 'unscoped: everything')
+  })
+})
+
+t.test('the one pooled connection never keeps a stale instance', async (t) => {
+  await tenancy.runAsInstance(2, async () => { await sql`select 1`.execute(db) })
+  const setting = async (): Promise<string> => (await sql<{ v: string }>`select current_setting('tenancy.iid', true) as v`.execute(db)).rows[0]!.v
+  t.equal(await setting(), '', 'no context after instance 2: cleared')
+  t.equal(await tenancy.runAsInstance(3, setting), '3')
+  t.equal(await tenancy.runAsHost(setting), 'host')
+  t.same((await sql`select * from student`.execute(db)).rows, [])
+  await tenancy.runAsInstance(1, async () => {
+    await db.transaction().execute(async (trx) => {
+      t.same((await trx.selectFrom('student').select('iid').distinct().execute()), [{ iid: 1 }], 'plugin and policy together')
+    })
+  })
+})
