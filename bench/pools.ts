@@ -1,0 +1,193 @@
+// Pools benchmark, in one run against one PostgreSQL server:
+//   isolated   N isolated instances (one database each), random access by
+//              concurrent jobs, maxPools < N, so pools are closed and reopened
+//   allopen    the same with maxPools = N: the cost of eviction alone
+//   shared     the same load on N shared instances in one pool holding the
+//              same number of connections (maxPools × max): the baseline
+//   memory     JS heap per open pool holding one connected client
+//   switch     one connection alternating between two schema instances
+//              (SET search_path on every checkout) against one schema instance
+//              (no statement): the cost of a schema switch
+// Throughput variants alternate within each round; medians are reported.
+//
+//   npm run bench:pools        # BENCH_INSTANCES=50 BENCH_MAX_POOLS=10 BENCH_OPS=4000 BENCH_CONCURRENCY=32 BENCH_ROUNDS=3
+// Uses DATABASE_URL when set, otherwise starts an embedded PostgreSQL in .data/.
+import path from 'node:path'
+import { fileURLToPath, pathToFileURL } from 'node:url'
+import { randomBytes } from 'node:crypto'
+import { rm } from 'node:fs/promises'
+import pg from 'pg'
+import { sql } from 'kysely'
+import { createTenancy, type Tenancy } from '../lib/index.js'
+
+const N = Number(process.env.BENCH_INSTANCES ?? 50)
+const MAX_POOLS = Number(process.env.BENCH_MAX_POOLS ?? 10)
+const OPS = Number(process.env.BENCH_OPS ?? 4000)
+const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 32)
+const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
+const POOL_MAX = 2
+const SWITCH_OPS = Number(process.env.BENCH_SWITCH_OPS ?? 3000)
+const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
+
+interface DB { item: { id: number, iid: number, v: number } }
+
+function withDatabase (url: string, database: string): string {
+  const parsed = new URL(url)
+  parsed.pathname = '/' + database
+  return parsed.toString()
+}
+
+async function run (url: string, text: string): Promise<void> {
+  const client = new pg.Client({ connectionString: url })
+  await client.connect()
+  try { await client.query(text) } finally { await client.end() }
+}
+
+function median (values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted[Math.floor(sorted.length / 2)]!
+}
+
+/** Ops per second of OPS random single-row reads by CONCURRENCY jobs. */
+async function throughput (tenancy: Tenancy, names: string[], ids: number[]): Promise<number> {
+  const db = tenancy.kysely<DB>()
+  let next = 0
+  let seed = 7
+  const random = (): number => { seed = (seed * 1103515245 + 12345) % 2147483648; return seed / 2147483648 }
+  const start = process.hrtime.bigint()
+  await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
+    while (next < OPS) {
+      next++
+      const i = Math.floor(random() * names.length)
+      await tenancy.runAsInstance(names[i]!, async () => {
+        const row = await db.selectFrom('item').select('v').where('iid', '=', ids[i]!).where('v', '=', 1 + (next % 10)).executeTakeFirst()
+        if (row === undefined) throw new Error('missing row')
+      })
+    }
+  }))
+  return OPS / (Number(process.hrtime.bigint() - start) / 1e9)
+}
+
+async function main (): Promise<void> {
+  let server: { url: string, stop (): Promise<void>, dir: string } | undefined
+  let url = process.env.DATABASE_URL
+  if (!url) {
+    const { startEmbeddedPostgres } = await import(pathToFileURL(path.join(root, 'scripts', 'embedded-postgres.js')).href) as {
+      startEmbeddedPostgres (o: { dir: string }): Promise<{ url: string, stop (): Promise<void>, dir: string }>
+    }
+    server = await startEmbeddedPostgres({ dir: path.join(root, '.data', `bench-pools-${process.pid}`) })
+    url = server.url
+  }
+  const prefix = `bench_${randomBytes(3).toString('hex')}`
+  const databases = Array.from({ length: N }, (_, i) => `${prefix}_${i}`)
+  const table = 'create table item (id serial primary key, iid int not null, v int not null)'
+  const tenancies: Tenancy[] = []
+  try {
+    await run(url, `create database ${prefix}_tpl`)
+    await run(withDatabase(url, `${prefix}_tpl`), `${table}; create index on item (iid, v); insert into item (iid, v) select 0, n from generate_series(1, 10) n`)
+    for (const name of databases) await run(url, `create database ${name} template ${prefix}_tpl`)
+    for (let i = 0; i < N; i++) await run(withDatabase(url, databases[i]!), `update item set iid = ${1000 + i}`)
+    await run(url, `create database ${prefix}_shared`)
+    const sharedUrl = withDatabase(url, `${prefix}_shared`)
+    await run(sharedUrl, `${table}; insert into item (iid, v) select 1000 + i, n from generate_series(0, ${N - 1}) i, generate_series(1, 10) n;
+      create index on item (iid, v);
+      create schema s_a; create table s_a.item (like public.item including all); insert into s_a.item select * from public.item;
+      create schema s_b; create table s_b.item (like public.item including all); insert into s_b.item select * from public.item`)
+
+    const names = databases.map((_, i) => `t${i}`)
+    const ids = databases.map((_, i) => 1000 + i)
+    const datasources: Record<string, string> = { default: sharedUrl }
+    databases.forEach((name, i) => { datasources[`d${i}`] = withDatabase(url, name) })
+    const isolatedInstances = [{ name: '', id: 1 }, ...names.map((name, i) => ({ name, id: ids[i]!, isolate: true, isolateClient: `d${i}` }))]
+    const make = async (variant: string): Promise<Tenancy> => {
+      const tenancy = variant === 'shared'
+        ? await createTenancy({ instances: [{ name: '', id: 1 }, ...names.map((name, i) => ({ name, id: ids[i]! }))], datasources: { default: sharedUrl }, pool: { max: MAX_POOLS * POOL_MAX, connectionTimeoutMillis: 60000 } })
+        : await createTenancy({ instances: isolatedInstances, datasources, maxPools: variant === 'allopen' ? N + 1 : MAX_POOLS, pool: { max: POOL_MAX, connectionTimeoutMillis: 60000 } })
+      tenancies.push(tenancy)
+      return tenancy
+    }
+
+    const variants = ['shared', 'isolated', 'allopen'] as const
+    const results: Record<string, number[]> = { shared: [], isolated: [], allopen: [] }
+    const evictions: number[] = []
+    for (let round = 0; round < ROUNDS; round++) {
+      for (let k = 0; k < variants.length; k++) {
+        const variant = variants[(k + round) % variants.length]!
+        const tenancy = await make(variant)
+        await throughput(tenancy, names, ids) // warm: pools, connections, JIT
+        const before = tenancy.pools.evictions
+        results[variant]!.push(await throughput(tenancy, names, ids))
+        if (variant === 'isolated') evictions.push(tenancy.pools.evictions - before)
+        await tenancy.close()
+      }
+    }
+
+    // Memory: N pools, each with one connected idle client.
+    const gc = (globalThis as { gc?: () => void }).gc
+    let perPool = NaN
+    if (gc) {
+      // A first pass warms the code paths (and pg's type parsers), so only pools and clients are counted.
+      const warm = await make('allopen')
+      for (const name of names) await warm.runAsInstance(name, async () => { await sql`select 1`.execute(warm.kysely()) })
+      await warm.close()
+      const tenancy = await make('allopen')
+      const db = tenancy.kysely<DB>()
+      await sql`select 1`.execute(db) // the Kysely itself, outside the measure
+      gc(); gc()
+      const before = process.memoryUsage().heapUsed
+      for (const name of names) await tenancy.runAsInstance(name, async () => { await sql`select 1`.execute(db) })
+      gc(); gc()
+      const after = process.memoryUsage().heapUsed
+      perPool = (after - before) / N
+      if (tenancy.pools.counts().pools !== N + 1) throw new Error(`expected ${N + 1} pools open (default included), saw ${tenancy.pools.counts().pools}`)
+      await tenancy.close()
+    }
+
+    // Schema switch: one connection, sequential queries.
+    const schemaTenancy = await createTenancy({
+      instances: [{ name: '', id: 1 }, { name: 'a', id: 1000, schema: 's_a' }, { name: 'b', id: 1000 + 1, schema: 's_b' }],
+      datasources: { default: sharedUrl },
+      pool: { max: 1 },
+    })
+    tenancies.push(schemaTenancy)
+    const sdb = schemaTenancy.kysely<DB>()
+    const perQuery = async (pattern: string[]): Promise<number> => {
+      const start = process.hrtime.bigint()
+      for (let n = 0; n < SWITCH_OPS; n++) {
+        await schemaTenancy.runAsInstance(pattern[n % pattern.length]!, async () => { await sdb.selectFrom('item').select('v').where('id', '=', 1).executeTakeFirst() })
+      }
+      return Number(process.hrtime.bigint() - start) / 1e3 / SWITCH_OPS
+    }
+    const same: number[] = []
+    const alternating: number[] = []
+    await perQuery(['a', 'b'])
+    for (let round = 0; round < ROUNDS; round++) {
+      same.push(await perQuery(['a']))
+      alternating.push(await perQuery(['a', 'b']))
+    }
+    await schemaTenancy.close()
+
+    const shared = median(results.shared!)
+    const isolated = median(results.isolated!)
+    const allopen = median(results.allopen!)
+    const s = median(same)
+    const a = median(alternating)
+    console.log(`# Node.js ${process.version}, PostgreSQL ${server ? 'embedded' : 'from DATABASE_URL'}, ${new Date().toISOString()}`)
+    console.log(`# N=${N} isolated instances, maxPools=${MAX_POOLS}, max=${POOL_MAX} per pool (shared pool max=${MAX_POOLS * POOL_MAX}), ${OPS} ops x ${ROUNDS} rounds, concurrency ${CONCURRENCY}`)
+    console.log(`shared pool, N shared instances     ${shared.toFixed(0).padStart(8)} ops/s`)
+    console.log(`isolated, maxPools=${MAX_POOLS} < N        ${isolated.toFixed(0).padStart(8)} ops/s   ratio to shared ${(isolated / shared).toFixed(2)}   (${median(evictions)} pool evictions per ${OPS} ops)`)
+    console.log(`isolated, maxPools=N (no eviction)   ${allopen.toFixed(0).padStart(8)} ops/s   ratio to shared ${(allopen / shared).toFixed(2)}`)
+    console.log(`memory per open pool (1 client)      ${Number.isNaN(perPool) ? 'run with node --expose-gc' : `${(perPool / 1024).toFixed(1)} KB JS heap`}`)
+    console.log(`schema, no switch                    ${s.toFixed(1).padStart(8)} µs/query`)
+    console.log(`schema, switch on every checkout     ${a.toFixed(1).padStart(8)} µs/query   ratio ${(a / s).toFixed(2)} (+${(a - s).toFixed(1)} µs)`)
+  } finally {
+    for (const tenancy of tenancies) await tenancy.close().catch(() => {})
+    for (const name of [...databases, `${prefix}_tpl`, `${prefix}_shared`]) await run(url, `drop database if exists ${name} with (force)`).catch(() => {})
+    if (server) {
+      await server.stop()
+      await rm(server.dir, { recursive: true, force: true })
+    }
+  }
+}
+
+await main()
