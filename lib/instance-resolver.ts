@@ -125,7 +125,7 @@ function builtIn (name: ResolverName, options: ResolveOptions): InstanceResolver
     case 'host': {
       const offset = options.subdomainOffset ?? 1
       if (offset === false) return undefined
-      return (request) => request.hostname === undefined ? undefined : instanceNameFromHost(request.hostname, offset)
+      return (request) => request.hostname === undefined ? undefined : instanceNameFromHost(request.hostname.toLowerCase(), offset)
     }
   }
 }
