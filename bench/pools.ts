@@ -125,6 +125,7 @@ async function main (): Promise<void> {
     // Memory: N pools, each with one connected idle client.
     const gc = (globalThis as { gc?: () => void }).gc
     let perPool = NaN
+    let perPoolExternal = NaN
     if (gc) {
       // A first pass warms the code paths (and pg's type parsers), so only pools and clients are counted.
       const warm = await make('allopen')
@@ -134,11 +135,12 @@ async function main (): Promise<void> {
       const db = tenancy.kysely<DB>()
       await sql`select 1`.execute(db) // the Kysely itself, outside the measure
       gc(); gc()
-      const before = process.memoryUsage().heapUsed
+      const before = process.memoryUsage()
       for (const name of names) await tenancy.runAsInstance(name, async () => { await sql`select 1`.execute(db) })
       gc(); gc()
-      const after = process.memoryUsage().heapUsed
-      perPool = (after - before) / N
+      const after = process.memoryUsage()
+      perPool = (after.heapUsed - before.heapUsed) / N
+      perPoolExternal = (after.external - before.external) / N
       if (tenancy.pools.counts().pools !== N + 1) throw new Error(`expected ${N + 1} pools open (default included), saw ${tenancy.pools.counts().pools}`)
       await tenancy.close()
     }
@@ -177,7 +179,7 @@ async function main (): Promise<void> {
     console.log(`shared pool, N shared instances     ${shared.toFixed(0).padStart(8)} ops/s`)
     console.log(`isolated, maxPools=${MAX_POOLS} < N        ${isolated.toFixed(0).padStart(8)} ops/s   ratio to shared ${(isolated / shared).toFixed(2)}   (${median(evictions)} pool evictions per ${OPS} ops)`)
     console.log(`isolated, maxPools=N (no eviction)   ${allopen.toFixed(0).padStart(8)} ops/s   ratio to shared ${(allopen / shared).toFixed(2)}`)
-    console.log(`memory per open pool (1 client)      ${Number.isNaN(perPool) ? 'run with node --expose-gc' : `${(perPool / 1024).toFixed(1)} KB JS heap`}`)
+    console.log(`memory per open pool (1 client)      ${Number.isNaN(perPool) ? 'run with node --expose-gc' : `${(perPool / 1024).toFixed(1)} KB JS heap + ${(perPoolExternal / 1024).toFixed(1)} KB external (buffers); each also holds one server backend`}`)
     console.log(`schema, no switch                    ${s.toFixed(1).padStart(8)} µs/query`)
     console.log(`schema, switch on every checkout     ${a.toFixed(1).padStart(8)} µs/query   ratio ${(a / s).toFixed(2)} (+${(a - s).toFixed(1)} µs)`)
   } finally {
