@@ -24,6 +24,13 @@ export type TenantFilterTarget =
 // as long as the transformer hands these nodes back untouched.
 const own = new WeakSet<OperationNode>()
 
+// Node kinds with no query and no FROM item below them (a ReferenceNode's table
+// is a qualifier, not a FROM item). RawNode is not one: its fragments may be queries.
+const LEAVES: ReadonlySet<string> = new Set([
+  'IdentifierNode', 'SchemableIdentifierNode', 'ColumnNode', 'ReferenceNode', 'TableNode', 'OperatorNode',
+  'ValueNode', 'PrimitiveValueListNode', 'SelectAllNode', 'DataTypeNode', 'DefaultInsertValueNode',
+])
+
 // The derived table an INSERT … SELECT is wrapped in to add the tenant column.
 const SOURCE = 'tenancy_source'
 
@@ -71,6 +78,14 @@ export class TenantFilterTransformer extends OperationNodeTransformer {
     this.#tables = this.#source()
     this.#ctes = []
     return this.transformNode(node, queryId)
+  }
+
+  // Most nodes of a query are leaves that can hold neither a table to confine
+  // nor a query: they are immutable, so they are handed back as they are
+  // instead of being copied. This halves the work of a typical statement.
+  override transformNode<T extends OperationNode | undefined> (node: T, queryId?: QueryId): T {
+    if (node === undefined || LEAVES.has(node.kind)) return node
+    return super.transformNode(node, queryId)
   }
 
   // Marked nodes are handed back as they are, so that they can be recognised.
