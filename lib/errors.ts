@@ -73,6 +73,10 @@ export const RawSqlError = define('TENANCY_RAW_SQL', 500,
 /** 500: a statement on a tenant table cannot be confined to an instance (MERGE), so it is refused. */
 export const UnsupportedStatementError = define('TENANCY_UNSUPPORTED_STATEMENT', 500, '%s')
 
+/** 500: a query names a table that table discovery did not see: it may hold instance rows. */
+export const UnknownTableError = define('TENANCY_UNKNOWN_TABLE', 500,
+  'The table %s did not exist when the tenant tables were discovered, so it cannot be confined: call tenancy.discoverTables() after migrations, or list the tenant tables in the tables option.')
+
 /** 503: the instance's database cannot be reached; other instances keep working. */
 export const DatasourceUnavailableError = define('TENANCY_DATASOURCE_UNAVAILABLE', 503,
   'The database of instance %s cannot be reached right now.')
@@ -91,6 +95,7 @@ export const errorClasses = {
   TENANCY_MISMATCH: MismatchError,
   TENANCY_RAW_SQL: RawSqlError,
   TENANCY_UNSUPPORTED_STATEMENT: UnsupportedStatementError,
+  TENANCY_UNKNOWN_TABLE: UnknownTableError,
   TENANCY_DATASOURCE_UNAVAILABLE: DatasourceUnavailableError,
   TENANCY_INVALID_OPTIONS: InvalidOptionsError,
 } as const

@@ -5,7 +5,7 @@ import {
   type ColumnUpdateNode, type DeleteQueryNode, type InsertQueryNode, type MergeQueryNode, type OnConflictNode,
   type OperationNode, type QueryId, type UpdateQueryNode, type WithNode,
 } from 'kysely'
-import { HostContextError, MismatchError, NoContextError, UnsupportedStatementError, quote } from '../errors.js'
+import { HostContextError, MismatchError, NoContextError, UnknownTableError, UnsupportedStatementError, quote } from '../errors.js'
 import type { TenantTableKind, TenantTables } from './tenant-tables.js'
 
 /**
@@ -177,7 +177,10 @@ export class TenantFilterTransformer extends OperationNodeTransformer {
     const schema = table.table.schema?.name
     if (schema === undefined && this.#isCte(name)) return undefined
     const kind = this.#tables.kind(name, schema)
-    if (kind === undefined) return undefined
+    if (kind === undefined) {
+      if (!this.#tables.isKnown(name, schema)) throw new UnknownTableError(quote(schema === undefined ? name : `${schema}.${name}`))
+      return undefined
+    }
     return {
       label: quote(schema === undefined ? name : `${schema}.${name}`),
       kind,

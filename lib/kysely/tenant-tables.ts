@@ -30,8 +30,18 @@ export class TenantTables {
   // "schema.name" → kind, for qualified references.
   readonly #qualified = new Map<string, TenantTableKind>()
   readonly #unqualified = new Map<string, TenantTableKind>()
+  // With discovery: every relation the catalog had, tenant or not, by name and
+  // by "schema.name". A table outside it may have been created since, with a
+  // tenant column nobody has seen: it is refused rather than run unfiltered.
+  readonly #known: ReadonlySet<string> | undefined
 
-  constructor (entries: TenantTablesOption) {
+  /**
+   * `known`, given by discovery, lists every relation of the database (`name`
+   * and `schema.name`); without it every table not in `entries` is taken as
+   * not a tenant table, as the `tables` option declares.
+   */
+  constructor (entries: TenantTablesOption, known?: Iterable<string>) {
+    this.#known = known === undefined ? undefined : new Set(known)
     if (entries === null || typeof entries !== 'object') throw new InvalidOptionsError('tables must be an object of table names to "must" or "may"')
     for (const [key, kind] of Object.entries(entries)) {
       if (kind !== 'must' && kind !== 'may') throw new InvalidOptionsError(`tables.${key} must be "must" or "may", not ${JSON.stringify(kind)}`)
@@ -45,6 +55,14 @@ export class TenantTables {
       // `must` wins: it is the stricter of the two in host context.
       if (this.#byName.get(name) !== 'must') this.#byName.set(name, kind)
     }
+  }
+
+  /**
+   * False only for a table that discovery did not see: it may have been
+   * created since and hold instance rows (call `tenancy.discoverTables()`).
+   */
+  isKnown (name: string, schema?: string): boolean {
+    return this.#known === undefined || this.#known.has(schema === undefined ? name : `${schema}.${name}`)
   }
 
   /** The number of configured entries. */
@@ -84,14 +102,17 @@ export async function discoverTenantTables (db: CatalogQueryable, tenantColumn =
   if (!SAFE_IDENTIFIER.test(tenantColumn)) throw new InvalidOptionsError(`tenantColumn ${JSON.stringify(tenantColumn)} is not a safe column name`)
   const { rows } = await db.query(
     `select n.nspname as schema, c.relname as name, a.attnotnull as not_null
-       from pg_catalog.pg_attribute a
-       join pg_catalog.pg_class c on c.oid = a.attrelid
+       from pg_catalog.pg_class c
        join pg_catalog.pg_namespace n on n.oid = c.relnamespace
-      where a.attname = $1 and not a.attisdropped and a.attnum > 0
-        and c.relkind in ('r', 'p', 'v', 'm', 'f')
-        and n.nspname not in ('pg_catalog', 'information_schema') and n.nspname not like 'pg\\_%'`,
+       left join pg_catalog.pg_attribute a on a.attrelid = c.oid and a.attname = $1 and not a.attisdropped and a.attnum > 0
+      where c.relkind in ('r', 'p', 'v', 'm', 'f')
+        and n.nspname not in ('information_schema') and n.nspname not like 'pg\\_toast%' and n.nspname not like 'pg\\_temp%'`,
     [tenantColumn])
   const entries: Record<string, TenantTableKind> = {}
-  for (const row of rows) entries[`${row.schema}.${row.name}`] = row.not_null ? 'must' : 'may'
-  return new TenantTables(entries)
+  const known: string[] = []
+  for (const row of rows) {
+    known.push(row.name, `${row.schema}.${row.name}`)
+    if (row.not_null !== null) entries[`${row.schema}.${row.name}`] = row.not_null ? 'must' : 'may'
+  }
+  return new TenantTables(entries, known)
 }
