@@ -31,7 +31,7 @@ const instances = [
 ]
 const datasources: Record<string, string> = { default: defaultUrl }
 names.forEach((name, i) => { datasources[`d${i}`] = withDatabase(serverUrl(), name) })
-const ten = await createTenancy({ instances, datasources, maxPools: MAX_POOLS, pool: { max: 2, connectionTimeoutMillis: 20000 } })
+const ten = await createTenancy({ instances, datasources, tables: { student: 'must' }, maxPools: MAX_POOLS, pool: { max: 2, connectionTimeoutMillis: 20000 } })
 t.teardown(() => ten.close())
 const db = ten.kysely<DB>()
 
