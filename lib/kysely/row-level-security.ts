@@ -78,8 +78,8 @@ function qualified (key: string): string {
  * // alter table "student" enable row level security
  * // alter table "student" force row level security
  * // drop policy if exists "tenancy_instance" on "student"
- * // create policy "tenancy_instance" on "student" using (current_setting('tenancy.iid', true) = '*' or "iid" =
- * //   (case when current_setting('tenancy.iid', true) ~ '^[0-9]+$' then current_setting('tenancy.iid', true)::bigint end))
+ * // create policy "tenancy_instance" on "student" using ((select current_setting('tenancy.iid', true)) = '*' or "iid" =
+ * //   (select case when current_setting('tenancy.iid', true) ~ '^[0-9]+$' then current_setting('tenancy.iid', true)::bigint end))
  * //   with check (…the same…)
  * ```
  */
@@ -88,10 +88,13 @@ export function rowLevelSecurityStatements (tables: TenantTables | TenantTablesO
   if (!SAFE_IDENTIFIER.test(column)) throw new InvalidOptionsError(`tenantColumn ${JSON.stringify(column)} is not a safe column name`)
   const policy = pg.escapeIdentifier(options.policyName ?? 'tenancy_instance')
   const entries = Object.entries(tables instanceof TenantTables ? tables.toJSON() : new TenantTables(tables).toJSON())
-  const setting = `current_setting('${RLS_SETTING}', true)`
+  const raw = `current_setting('${RLS_SETTING}', true)`
+  // Each value is a scalar subquery so that PostgreSQL computes it once per
+  // statement (an InitPlan), not once per row.
+  const setting = `(select ${raw})`
   // '' after a transaction-local reset and 'host' / '*' are not numbers: the
   // CASE keeps the cast from failing, and NULL matches no row.
-  const id = `(case when ${setting} ~ '^[0-9]+$' then ${setting}::bigint end)`
+  const id = `(select case when ${raw} ~ '^[0-9]+$' then ${raw}::bigint end)`
   const statements: string[] = []
   for (const [key, kind] of entries) {
     const table = qualified(key)
