@@ -62,6 +62,8 @@ const IPV4 = /^\d{1,3}(\.\d{1,3}){3}$/
  * `store.cabloy.com` → `store`. IP addresses and `localhost` carry none.
  */
 export function instanceNameFromHost (host: string, offset: number): string | undefined {
+  // A fully qualified name may end with the root's dot: `cabloy.com.` is `cabloy.com`.
+  if (host.endsWith('.')) host = host.slice(0, -1)
   if (host === '' || host === 'localhost' || IPV4.test(host) || host.startsWith('[') || host.includes(':')) return undefined
   return host.split('.').reverse().slice(offset).join('.')
 }
@@ -175,6 +177,9 @@ export function createInstanceResolver (store: InstanceStore, options: ResolveOp
     .map((entry) => typeof entry === 'function' ? entry : builtIn(entry, options))
     .filter((resolver): resolver is InstanceResolver => resolver !== undefined)
   const fallback = options.fallback ?? 'default'
+  if (fallback === 'default' && store.byName('') === undefined) {
+    throw new InvalidOptionsError('resolve.fallback is \'default\' but there is no default instance named \'\': add one, or set resolve.fallback to \'host\' or \'reject\'')
+  }
 
   const accept = (found: unknown): Resolution => {
     if (!isValidInstanceName(found)) throw new InvalidInstanceNameError(Array.isArray(found) ? 'given more than once' : quote(found))

@@ -38,6 +38,7 @@ t.test('host-name vectors', async (t) => {
   t.equal(instanceNameFromHost('cabloy.com', 2), '')
   t.equal(instanceNameFromHost('store.cabloy.com', 2), 'store')
   t.equal(instanceNameFromHost('a.b.store.cabloy.com', 2), 'store.b.a', 'deeper labels are read right to left')
+  t.equal(instanceNameFromHost('store.cabloy.com.', 1), 'cabloy.store', 'the root\'s trailing dot is not a label')
   for (const host of ['localhost', '127.0.0.1', '10.1.2.3', '[::1]', '::1', '']) {
     t.equal(instanceNameFromHost(host, 1), undefined, `${JSON.stringify(host)} carries no name`)
   }
@@ -126,7 +127,8 @@ t.test('fallback', async (t) => {
   await t.rejects(nameOf({ fallback: 'reject' }, request()), { code: 'TENANCY_INSTANCE_REQUIRED', statusCode: 400 })
   t.equal(await nameOf({ fallback: 'reject' }, request({ headers: { 'x-instance-name': '' } })), '', 'naming the default instance is not "nothing"')
   const noDefault = new InstanceRegistry([{ name: 'a', id: 1 }], ['default'])
-  t.throws(() => createInstanceResolver(noDefault)(request()), { code: 'TENANCY_UNKNOWN_INSTANCE' }, 'fallback default without a default instance: 404, not a crash')
+  t.throws(() => createInstanceResolver(noDefault), { code: 'TENANCY_INVALID_OPTIONS', message: /no default instance/ }, 'fallback default without a default instance is refused at start-up')
+  t.throws(() => createInstanceResolver(noDefault, { fallback: 'reject' })(request()), { code: 'TENANCY_INSTANCE_REQUIRED' }, 'with another fallback it starts')
 })
 
 t.test('async getInstanceName', async (t) => {
