@@ -80,7 +80,25 @@ export function readCookie (header: string, name: string): string | undefined {
   return undefined
 }
 
-function builtIn (name: ResolverName, options: ResolveOptions): InstanceResolver | undefined {
+// Host names arrive in lower case, instance names need not be: an index of the
+// names folded to lower case, built once per list of instances. A folded name
+// that two instances share maps to nothing, so neither is guessed.
+const foldedIndexes = new WeakMap<readonly Instance[], Map<string, string | undefined>>()
+function byFoldedName (store: InstanceStore): Map<string, string | undefined> {
+  const list = store.list()
+  let index = foldedIndexes.get(list)
+  if (index === undefined) {
+    index = new Map()
+    for (const { name } of list) {
+      const folded = name.toLowerCase()
+      index.set(folded, index.has(folded) ? undefined : name)
+    }
+    foldedIndexes.set(list, index)
+  }
+  return index
+}
+
+function builtIn (name: ResolverName, options: ResolveOptions, store: InstanceStore): InstanceResolver | undefined {
   switch (name) {
     case 'custom':
       return options.getInstanceName
@@ -127,7 +145,11 @@ function builtIn (name: ResolverName, options: ResolveOptions): InstanceResolver
     case 'host': {
       const offset = options.subdomainOffset ?? 1
       if (offset === false) return undefined
-      return (request) => request.hostname === undefined ? undefined : instanceNameFromHost(request.hostname.toLowerCase(), offset)
+      return (request) => {
+        if (request.hostname === undefined) return undefined
+        const name = instanceNameFromHost(request.hostname.toLowerCase(), offset)
+        return name === undefined || store.byName(name) !== undefined ? name : byFoldedName(store).get(name) ?? name
+      }
     }
   }
 }
@@ -174,7 +196,7 @@ function validate (options: ResolveOptions): void {
 export function createInstanceResolver (store: InstanceStore, options: ResolveOptions = {}): (request: ResolveRequest) => Resolution | Promise<Resolution> {
   validate(options)
   const resolvers = (options.order ?? DEFAULT_ORDER)
-    .map((entry) => typeof entry === 'function' ? entry : builtIn(entry, options))
+    .map((entry) => typeof entry === 'function' ? entry : builtIn(entry, options, store))
     .filter((resolver): resolver is InstanceResolver => resolver !== undefined)
   const fallback = options.fallback ?? 'default'
   if (fallback === 'default' && store.byName('') === undefined) {

@@ -57,6 +57,20 @@ t.test('host-name vectors', async (t) => {
   await t.rejects(nameOf({}, request({ hostname: 'nobody.com' })), { code: 'TENANCY_UNKNOWN_INSTANCE', statusCode: 404 })
 })
 
+t.test('instance names in mixed case are reached by their lower-case host names, never by guess', async (t) => {
+  const mixed = new InstanceRegistry([
+    { name: '', id: 1 }, { name: 'shareTest', id: 2 }, { name: 'Twin', id: 3 }, { name: 'TWIN', id: 4 }, { name: 'exact', id: 5 }, { name: 'EXACT', id: 6 },
+  ], ['default'])
+  const resolve = createInstanceResolver(mixed)
+  const nameFor = (hostname: string): string | null | undefined => {
+    try { return (resolve(request({ hostname })) as Instance | null)?.name } catch (err) { return (err as { code: string }).code }
+  }
+  t.equal(nameFor('sharetest.localhost'), 'shareTest')
+  t.equal(nameFor('ShareTest.localhost'), 'shareTest')
+  t.equal(nameFor('twin.localhost'), 'TENANCY_UNKNOWN_INSTANCE', 'two names that fold alike: neither is chosen')
+  t.equal(nameFor('EXACT.localhost'), 'exact', 'an exact lower-case name wins')
+})
+
 t.test('readCookie', async (t) => {
   t.equal(readCookie('a=1; tenant=acme; b=2', 'tenant'), 'acme')
   t.equal(readCookie('tenant=a%2Eb', 'tenant'), 'a.b', 'values are URI-decoded')
