@@ -6,6 +6,7 @@
 //   plugin   fastify-tenancy: header resolution, context, request.instance read in the handler
 //   reqctx   @fastify/request-context, with an onRequest hook that sets the instance name from the header
 //   alsrun   a bare onRequest hook: header → Map lookup → decorated request.instance → als.run(instance, done)
+// Every server process first loads kysely and pg (see PRELOAD below).
 // The tenancy gets `tables: {}` so createTenancy does not read the catalog:
 // no database is needed (pools are lazy). Each variant runs in its own child process; autocannon runs in this process,
 // so the load generator's CPU is not counted against any server. Variants
@@ -72,7 +73,17 @@ async function buildServerOn (app: FastifyInstance, variant: Variant): Promise<F
   return app
 }
 
+// Every server loads what an application of this library loads anyway (Kysely
+// and pg), so that the variants differ only in per-request work: loading those
+// modules alone was measured to add about 3 µs to every request of a
+// hello-world server on Node 24, whatever its hooks. BENCH_PRELOAD=0 turns it off.
+const PRELOAD = process.env.BENCH_PRELOAD !== '0'
+
 async function serve (variant: Variant): Promise<void> {
+  if (PRELOAD) {
+    await import('kysely')
+    await import('pg')
+  }
   const app = await buildServer(variant)
   await app.listen({ port: 0, host: '127.0.0.1' })
   const { port } = app.server.address() as { port: number }
@@ -209,7 +220,7 @@ async function main (): Promise<void> {
     const cpu = (v: Variant): number => median(samples.get(v)!.map((s) => s.cpuPerRequest))
     const rps = (v: Variant): number => median(samples.get(v)!.map((s) => s.rps))
     console.log('')
-    console.log(`Node ${process.version}, ${os.cpus()[0]?.model ?? 'unknown CPU'} × ${os.cpus().length}, ${os.platform()} ${os.release()}`)
+    console.log(`Node ${process.version}, ${os.cpus()[0]?.model ?? 'unknown CPU'} × ${os.cpus().length}, ${os.platform()} ${os.release()}, servers preload kysely and pg: ${PRELOAD ? 'yes' : 'no'}`)
     console.log(`${amount} requests × ${rounds} rounds per variant, ${connections} connections, medians over rounds; server CPU = user + system of the server process`)
     console.log('')
     console.log('| variant | server CPU µs/request | req/s |')

@@ -267,35 +267,23 @@ export class TenantFilterTransformer extends OperationNodeTransformer {
         }),
       }
     }
-    const predicates: OperationNode[] = []
-    for (const item of froms) {
-      const ref = this.#tableRef(item)
-      if (ref) predicates.push(this.#predicate(ref))
-    }
-    const joins = this.#confineJoins(node.joins)
-    if (predicates.length === 0 && joins === node.joins) return node
-    return { ...node, joins, where: this.#where(node.where, predicates) }
+    return this.#confineWhere(node, froms)
   }
 
   #confineUpdate (node: UpdateQueryNode): UpdateQueryNode {
-    const predicates: OperationNode[] = []
     const target = this.#tableRef(node.table)
-    if (target) {
-      predicates.push(this.#predicate(target))
-      this.#checkUpdates(target, node.updates)
-    }
-    for (const item of node.from?.froms ?? []) {
-      const ref = this.#tableRef(item)
-      if (ref) predicates.push(this.#predicate(ref))
-    }
-    const joins = this.#confineJoins(node.joins)
-    if (predicates.length === 0 && joins === node.joins) return node
-    return { ...node, joins, where: this.#where(node.where, predicates) }
+    if (target) this.#checkUpdates(target, node.updates)
+    return this.#confineWhere(node, [node.table, ...node.from?.froms ?? []])
   }
 
   #confineDelete (node: DeleteQueryNode): DeleteQueryNode {
+    return this.#confineWhere(node, [...node.from.froms, ...node.using?.tables ?? []])
+  }
+
+  /** WHERE gets a predicate for each tenant table among `items`; joined tables get theirs in ON. */
+  #confineWhere<N extends { readonly joins?: readonly JoinNode[], readonly where?: WhereNode }> (node: N, items: ReadonlyArray<OperationNode | undefined>): N {
     const predicates: OperationNode[] = []
-    for (const item of [...node.from.froms, ...node.using?.tables ?? []]) {
+    for (const item of items) {
       const ref = this.#tableRef(item)
       if (ref) predicates.push(this.#predicate(ref))
     }
