@@ -1,7 +1,7 @@
 // Tenant tables discovered from the catalog: a table created after discovery
 // is refused until the tables are discovered again, never run unfiltered.
 import t from 'tap'
-import type { Generated } from 'kysely'
+import { sql, type Generated } from 'kysely'
 import { createTenancy } from '../lib/index.js'
 import { createDatabase, query } from './helpers/database.js'
 
@@ -49,4 +49,14 @@ t.test('an explicit tables option trusts the declaration', async (t) => {
   t.teardown(() => declared.close())
   const rows = await declared.runAsInstance('a', () => declared.kysely<DB>().selectFrom('setting').select('key').execute())
   t.same(rows, [{ key: 'colour' }])
+})
+
+t.test('strict: a raw statement allowed before a table was discovered is refused after', async (t) => {
+  const strict = await createTenancy({ instances: [{ name: 'a', id: 1 }], datasources: { default: url }, strict: true })
+  t.teardown(() => strict.close())
+  await query(url, 'create table lecture (id int not null, iid int not null)')
+  const raw = () => strict.runAsInstance('a', () => sql`select count(*) from lecture`.execute(strict.kysely()))
+  t.ok(await raw(), 'not a tenant table yet, as far as the tenancy knows')
+  await strict.discoverTables()
+  await t.rejects(raw(), { code: 'TENANCY_RAW_SQL' }, 'the remembered verdict is not reused')
 })

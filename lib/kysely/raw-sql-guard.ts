@@ -55,8 +55,10 @@ export class RawSqlGuard {
   readonly #tables: () => TenantTables
   readonly #parse: Parse
   readonly #compiler = new PostgresQueryCompiler()
-  // Raw statements are usually a handful of constant texts: remember verdicts.
+  // Raw statements are usually a handful of constant texts: remember verdicts,
+  // for as long as the tenant tables they were reached with are the current ones.
   readonly #verdicts = new Map<string, string | null>()
+  #verdictsOf: TenantTables | undefined
 
   private constructor (tables: TenantTables | (() => TenantTables), parse: Parse) {
     this.#tables = typeof tables === 'function' ? tables : () => tables
@@ -70,6 +72,11 @@ export class RawSqlGuard {
 
   /** The first tenant table `text` names, or `null`. */
   tenantTableIn (text: string): string | null {
+    const tables = this.#tables()
+    if (tables !== this.#verdictsOf) {
+      this.#verdicts.clear()
+      this.#verdictsOf = tables
+    }
     let verdict = this.#verdicts.get(text)
     if (verdict !== undefined) return verdict
     verdict = null
@@ -81,7 +88,6 @@ export class RawSqlGuard {
     }
     const relations: Array<{ schema: string | undefined, name: string }> = []
     collectRelations(tree, relations)
-    const tables = this.#tables()
     for (const { schema, name } of relations) {
       if (tables.kind(name, schema) !== undefined) {
         verdict = schema === undefined ? name : `${schema}.${name}`
