@@ -1,7 +1,7 @@
 import { Kysely, PostgresDialect, type KyselyPlugin } from 'kysely'
 import { currentContext, forgetTenancy, runInContext, setLastCreated } from './context.js'
 import { InvalidOptionsError } from './errors.js'
-import type { Instance, InstanceConfig, InstanceName } from './instance.js'
+import { SAFE_IDENTIFIER, type Instance, type InstanceConfig, type InstanceName } from './instance.js'
 import { InstanceRegistry, requireInstance, type InstanceStore } from './instance-registry.js'
 import { PoolManager, type DatasourceConfig, type PoolSettings } from './kysely/pool-manager.js'
 import { RoutingPool } from './kysely/routing-pool.js'
@@ -91,7 +91,7 @@ export class Tenancy {
     if (options.tables !== undefined) this.#tenantTables = new TenantTables(options.tables)
     this.instances = isStore(options.instances) ? options.instances : new InstanceRegistry(options.instances, this.#pools.names())
     this.tenantColumn = options.tenantColumn ?? 'iid'
-    if (typeof this.tenantColumn !== 'string' || !/^[a-z_][a-z0-9_]{0,62}$/.test(this.tenantColumn)) {
+    if (typeof this.tenantColumn !== 'string' || !SAFE_IDENTIFIER.test(this.tenantColumn)) {
       throw new InvalidOptionsError(`tenantColumn ${JSON.stringify(this.tenantColumn)} is not a safe column name`)
     }
   }
