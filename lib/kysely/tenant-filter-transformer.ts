@@ -35,13 +35,22 @@ const LEAVES: ReadonlySet<string> = new Set([
 const SOURCE = 'tenancy_source'
 
 interface TableRef {
-  readonly label: string
   readonly kind: TenantTableKind
-  /** The table as the query names it: its alias, or the (schema-qualified) table. */
-  readonly qualifier: TableNode
   /** The table itself. */
   readonly table: TableNode
+  /** Its alias in the query, if it has one. */
+  readonly alias: string | undefined
 }
+
+/** The table of `ref` for an error message. */
+function labelOf (ref: TableRef): string {
+  const { identifier, schema } = ref.table.table
+  return quote(schema === undefined ? identifier.name : `${schema.name}.${identifier.name}`)
+}
+
+// Predicates are immutable, so one node serves every query that needs the same
+// one; building them was a fifth of the filter's cost. Bounded by a reset.
+const PREDICATE_CACHE_SIZE = 10_000
 
 /**
  * The logic of {@link TenantFilterPlugin}: an `OperationNodeTransformer` that
@@ -63,6 +72,7 @@ export class TenantFilterTransformer extends OperationNodeTransformer {
   #target: TenantFilterTarget = { kind: 'none' }
   // Names of the CTEs visible at the current point, one set per query with a WITH.
   #ctes: Array<Set<string>> = []
+  readonly #predicates = new Map<string, OperationNode>()
 
   /** `tables` may be a function, read once per query, so that the tables can be discovered again. */
   constructor (tables: TenantTables | (() => TenantTables), tenantColumn = 'iid') {
@@ -123,7 +133,7 @@ export class TenantFilterTransformer extends OperationNodeTransformer {
       // MERGE decides between UPDATE, DELETE and INSERT per row from its ON
       // condition: confining it soundly needs every branch rewritten, so it is refused.
       const ref = this.#tableRef(transformed.into) ?? (transformed.using && this.#tableRef(transformed.using.table))
-      if (ref) throw new UnsupportedStatementError(`MERGE on the tenant table ${ref.label} cannot be confined to an instance: use INSERT … ON CONFLICT, UPDATE and DELETE, or unscoped() with an explicit ${this.#column}.`)
+      if (ref) throw new UnsupportedStatementError(`MERGE on the tenant table ${labelOf(ref)} cannot be confined to an instance: use INSERT … ON CONFLICT, UPDATE and DELETE, or unscoped() with an explicit ${this.#column}.`)
       return transformed
     })
   }
@@ -181,31 +191,36 @@ export class TenantFilterTransformer extends OperationNodeTransformer {
       if (!this.#tables.isKnown(name, schema)) throw new UnknownTableError(quote(schema === undefined ? name : `${schema}.${name}`))
       return undefined
     }
-    return {
-      label: quote(schema === undefined ? name : `${schema}.${name}`),
-      kind,
-      qualifier: alias === undefined ? table : TableNode.create(alias),
-      table,
-    }
+    return { kind, table, alias }
   }
 
   /** The value the tenant column must hold for `ref` in the current target; throws when `ref` may not be used. */
   #value (ref: TableRef): number | null {
     const target = this.#target
     if (target.kind === 'instance') return target.id
-    if (target.kind === 'none') throw new NoContextError(ref.label)
-    if (ref.kind === 'must') throw new HostContextError(ref.label)
+    if (target.kind === 'none') throw new NoContextError(labelOf(ref))
+    if (ref.kind === 'must') throw new HostContextError(labelOf(ref))
     return null
   }
 
-  /** `<qualifier>.iid = $id`, or `<qualifier>.iid is null` for host rows. */
-  #predicate (ref: TableRef, qualifier = ref.qualifier): OperationNode {
+  /**
+   * `<alias>.iid = $id`, or `<alias>.iid is null` for host rows; qualified by
+   * the table itself when it has no alias or when `byTable` is set.
+   */
+  #predicate (ref: TableRef, byTable = false): OperationNode {
     const value = this.#value(ref)
-    const column = ReferenceNode.create(ColumnNode.create(this.#column), qualifier)
-    const predicate = value === null
+    const alias = byTable ? undefined : ref.alias
+    const { identifier, schema } = ref.table.table
+    const key = `${String(value)}\u0000${alias ?? ''}\u0000${schema?.name ?? ''}\u0000${identifier.name}`
+    let predicate = this.#predicates.get(key)
+    if (predicate !== undefined) return predicate
+    const column = ReferenceNode.create(ColumnNode.create(this.#column), alias === undefined ? ref.table : TableNode.create(alias))
+    predicate = value === null
       ? BinaryOperationNode.create(column, OperatorNode.create('is'), ValueNode.createImmediate(null))
       : BinaryOperationNode.create(column, OperatorNode.create('='), ValueNode.create(value))
     own.add(predicate)
+    if (this.#predicates.size >= PREDICATE_CACHE_SIZE) this.#predicates.clear()
+    this.#predicates.set(key, predicate)
     return predicate
   }
 
@@ -247,9 +262,9 @@ export class TenantFilterTransformer extends OperationNodeTransformer {
     const inner: SelectQueryNode = {
       ...SelectQueryNode.createFrom([ref.table]),
       selections: [SelectionNode.createSelectAll()],
-      where: WhereNode.create(this.#predicate(ref, ref.table)),
+      where: WhereNode.create(this.#predicate(ref, true)),
     }
-    return AliasNode.create(inner, IdentifierNode.create(ref.qualifier.table.identifier.name))
+    return AliasNode.create(inner, IdentifierNode.create(ref.alias ?? ref.table.table.identifier.name))
   }
 
   #confineSelect (node: SelectQueryNode): SelectQueryNode {
@@ -298,7 +313,7 @@ export class TenantFilterTransformer extends OperationNodeTransformer {
       if (update.column.kind !== 'ColumnNode' || (update.column as ColumnNode).column.name !== this.#column) continue
       const value = this.#value(ref)
       if (!sameValue(update.value, value)) {
-        throw new MismatchError(`An UPDATE of ${ref.label} sets ${this.#column} to another instance than the current one (${String(value)}); rows cannot move between instances outside unscoped().`)
+        throw new MismatchError(`An UPDATE of ${labelOf(ref)} sets ${this.#column} to another instance than the current one (${String(value)}); rows cannot move between instances outside unscoped().`)
       }
     }
   }
@@ -316,7 +331,7 @@ export class TenantFilterTransformer extends OperationNodeTransformer {
     const columns = node.columns ?? []
     const index = columns.findIndex((column) => column.column.name === this.#column)
     const mismatch = (): never => {
-      throw new MismatchError(`An INSERT into ${ref.label} names ${this.#column} other than the current instance's (${String(value)}); leave ${this.#column} out, it is filled in.`)
+      throw new MismatchError(`An INSERT into ${labelOf(ref)} names ${this.#column} other than the current instance's (${String(value)}); leave ${this.#column} out, it is filled in.`)
     }
     let out: InsertQueryNode = node
     if (node.values === undefined) {
@@ -345,7 +360,7 @@ export class TenantFilterTransformer extends OperationNodeTransformer {
         const wrapped = source.from?.froms[0]
         if (index !== columns.length - 1 || wrapped?.kind !== 'AliasNode' || (wrapped as AliasNode).alias.kind !== 'IdentifierNode' ||
           ((wrapped as AliasNode).alias as IdentifierNode).name !== SOURCE) {
-          throw new MismatchError(`An INSERT … SELECT into ${ref.label} names ${this.#column}; leave it out, it is filled in with the current instance's.`)
+          throw new MismatchError(`An INSERT … SELECT into ${labelOf(ref)} names ${this.#column}; leave it out, it is filled in with the current instance's.`)
         }
         source = (wrapped as AliasNode).node as SelectQueryNode
       }
@@ -368,7 +383,7 @@ export class TenantFilterTransformer extends OperationNodeTransformer {
   // confined with DO UPDATE … WHERE, so such a row is left as it is.
   #confineOnConflict (ref: TableRef, node: OnConflictNode): OnConflictNode {
     this.#checkUpdates(ref, node.updates)
-    const condition = this.#and(node.updateWhere?.where, [this.#predicate(ref, ref.table)])!
+    const condition = this.#and(node.updateWhere?.where, [this.#predicate(ref, true)])!
     return { ...node, updateWhere: WhereNode.create(condition) }
   }
 }
