@@ -114,8 +114,7 @@ export class Tenancy {
    * scope: the outer context is back when `fn` returns or throws.
    */
   runAsInstance<R> (nameOrId: InstanceName | number, fn: () => R): R {
-    const instance = requireInstance(this.instances, nameOrId)
-    return runInContext({ tenancy: this, kind: 'instance', instance }, fn)
+    return this.runAs(requireInstance(this.instances, nameOrId), fn)
   }
 
   /** Runs `fn` as an already looked-up instance (the plugin's path: no second lookup). */

@@ -238,11 +238,6 @@ export class PoolManager {
     this.#state = 'ended'
   }
 
-  /** @deprecated use {@link close} */
-  async end (): Promise<void> {
-    await this.close()
-  }
-
   /** The open entry of `datasource` with a lease taken, or undefined when the caller must wait for a slot. */
   #entry (datasource: string): Entry | undefined {
     if (this.#state !== 'open') throw new Error('The tenancy has been closed; its pools cannot be used any more.')
