@@ -9,7 +9,7 @@ import path from 'node:path'
 import { rm } from 'node:fs/promises'
 import pg from 'pg'
 import { Kysely, PostgresDialect, sql, type Compilable } from 'kysely'
-import { createTenancy, rowLevelSecurityStatements, TenantFilterPlugin, runAsInstance } from '../lib/index.js'
+import { createTenancy, rowLevelSecurityStatements, InstanceFilterPlugin, runAsInstance } from '../lib/index.js'
 import { pathToFileURL } from 'node:url'
 import type { EmbeddedServer } from '../scripts/embedded-postgres.js'
 
@@ -50,7 +50,7 @@ appUrl.password = 'bench'
 
 const tables = { student: 'must', course: 'must' } as const
 const hand = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: CONCURRENCY }) }) })
-const filtered = hand.withPlugin(new TenantFilterPlugin({ tables }))
+const filtered = hand.withPlugin(new InstanceFilterPlugin({ tables }))
 // Both sides run as the application role; the policies are bypassed by the
 // table owner only without FORCE, so hand-written and plugin runs see RLS cost too
 // unless the session setting says unscoped: they run as the superuser instead.

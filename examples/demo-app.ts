@@ -5,11 +5,11 @@
 import Fastify, { type FastifyInstance } from 'fastify'
 import pg from 'pg'
 import { sql, type Generated } from 'kysely'
-import tenancy, { createTenancy, type InstanceConfig, type TenantDatabase } from '../plugin/index.js'
+import tenancy, { createTenancy, type InstanceConfig, type InstanceDatabase } from '../plugin/index.js'
 
-// The tables as they are; TenantDatabase makes `iid` optional on insert,
+// The tables as they are; InstanceDatabase makes `iid` optional on insert,
 // since the tenant filter fills it in.
-export type DemoDB = TenantDatabase<{
+export type DemoDB = InstanceDatabase<{
   student: {
     id: Generated<number>
     iid: number

@@ -1,5 +1,5 @@
 import { AsyncLocalStorage } from 'node:async_hooks'
-import type { Instance, InstanceName } from './instance.js'
+import type { Instance, InstanceName } from './instances/instance.js'
 import type { Tenancy } from './tenancy.js'
 
 /**

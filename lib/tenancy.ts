@@ -1,15 +1,15 @@
 import { Kysely, PostgresDialect, type KyselyPlugin } from 'kysely'
 import { currentContext, forgetTenancy, runInContext, setLastCreated } from './context.js'
 import { InvalidOptionsError } from './errors.js'
-import { SAFE_IDENTIFIER, type Instance, type InstanceConfig, type InstanceName } from './instance.js'
-import { InstanceRegistry, requireInstance, type InstanceStore } from './instance-registry.js'
-import { PoolManager, type DatasourceConfig, type PoolSettings } from './kysely/pool-manager.js'
-import { RoutingPool } from './kysely/routing-pool.js'
-import type { SessionSettings } from './kysely/session-state.js'
-import { TenantFilterPlugin } from './kysely/tenant-filter-plugin.js'
-import { TenantTables, discoverTenantTables, type TenantTablesOption } from './kysely/tenant-tables.js'
-import { RawSqlGuard } from './kysely/raw-sql-guard.js'
-import { rowLevelSecuritySettings, withSettings } from './kysely/row-level-security.js'
+import { SAFE_IDENTIFIER, type Instance, type InstanceConfig, type InstanceName } from './instances/instance.js'
+import { InstanceRegistry, requireInstance, type InstanceStore } from './instances/instance-registry.js'
+import { PoolManager, type DatasourceConfig, type PoolSettings } from './routing/pool-manager.js'
+import { RoutingPool } from './routing/routing-pool.js'
+import type { SessionSettings } from './routing/session-state.js'
+import { InstanceFilterPlugin } from './filter/instance-filter-plugin.js'
+import { TenantTables, discoverTenantTables, type TenantTablesOption } from './filter/tenant-tables.js'
+import { RawSqlGuard } from './filter/raw-sql-guard.js'
+import { rowLevelSecuritySettings, withSettings } from './filter/row-level-security.js'
 
 /** Options of {@link createTenancy}. */
 export interface TenancyOptions {
@@ -157,7 +157,7 @@ export class Tenancy {
   /** @internal The plugins `kysely()` installs. */
   protected kyselyPlugins (): KyselyPlugin[] {
     if (this.#tenantTables === undefined) throw new Error('The tenant tables are not known yet: create the tenancy with createTenancy(), which discovers them.')
-    return [new TenantFilterPlugin({ tables: () => this.#tenantTables!, tenantColumn: this.tenantColumn, rawSqlGuard: this.#rawSqlGuard })]
+    return [new InstanceFilterPlugin({ tables: () => this.#tenantTables!, tenantColumn: this.tenantColumn, rawSqlGuard: this.#rawSqlGuard })]
   }
 
   /** The tenant tables the filter confines: the `tables` option, or those discovered. */

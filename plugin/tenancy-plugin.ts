@@ -1,7 +1,7 @@
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
 import { InvalidOptionsError } from '../lib/errors.js'
-import { createInstanceResolver, type ResolveOptions, type Resolution } from '../lib/instance-resolver.js'
+import { createInstanceResolver, type ResolveOptions, type Resolution } from '../lib/resolve/instance-resolver.js'
 
 import { createTenancy, Tenancy, type TenancyOptions } from '../lib/tenancy.js'
 import '../types/fastify.js'

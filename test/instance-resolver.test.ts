@@ -2,9 +2,9 @@
 // vectors, the default order, a configurable order with function resolvers,
 // the fallbacks, async custom resolvers, and option validation.
 import t from 'tap'
-import { createInstanceResolver, instanceNameFromHost, readCookie, type ResolveRequest, type ResolveOptions } from '../lib/instance-resolver.js'
-import { InstanceRegistry } from '../lib/instance-registry.js'
-import type { Instance } from '../lib/instance.js'
+import { createInstanceResolver, instanceNameFromHost, readCookie, type ResolveRequest, type ResolveOptions } from '../lib/resolve/instance-resolver.js'
+import { InstanceRegistry } from '../lib/instances/instance-registry.js'
+import type { Instance } from '../lib/instances/instance.js'
 
 const store = new InstanceRegistry([
   { name: '', id: 1 },

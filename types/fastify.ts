@@ -1,4 +1,4 @@
-import type { Instance } from '../lib/instance.js'
+import type { Instance } from '../lib/instances/instance.js'
 import type { Tenancy } from '../lib/tenancy.js'
 
 declare module 'fastify' {

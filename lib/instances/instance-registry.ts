@@ -1,4 +1,4 @@
-import { InvalidOptionsError, UnknownInstanceError, InstanceDisabledError, quote } from './errors.js'
+import { InvalidOptionsError, UnknownInstanceError, InstanceDisabledError, quote } from '../errors.js'
 import { toInstance, type Instance, type InstanceConfig } from './instance.js'
 
 /**

@@ -12,7 +12,7 @@ import type { TenantTableKind, TenantTables } from './tenant-tables.js'
  * What the transformer confines to: an instance id, host rows, or nothing
  * (no context: any tenant table fails closed).
  */
-export type TenantFilterTarget =
+export type InstanceFilterTarget =
   | { readonly kind: 'instance', readonly id: number }
   | { readonly kind: 'host' }
   | { readonly kind: 'none' }
@@ -53,23 +53,23 @@ function labelOf (ref: TableRef): string {
 const PREDICATE_CACHE_SIZE = 10_000
 
 /**
- * The logic of {@link TenantFilterPlugin}: an `OperationNodeTransformer` that
+ * The logic of {@link InstanceFilterPlugin}: an `OperationNodeTransformer` that
  * confines every tenant-table reference of a query tree, in every nested
  * query, to one instance (or to host rows). One transformer is reused for
- * every query of a plugin; {@link TenantFilterTransformer.confine} sets the
+ * every query of a plugin; {@link InstanceFilterTransformer.confine} sets the
  * target and is not re-entrant (Kysely runs plugins synchronously).
  *
  * ```ts
- * const transformer = new TenantFilterTransformer(tables, 'iid')
+ * const transformer = new InstanceFilterTransformer(tables, 'iid')
  * transformer.confine(db.selectFrom('student').selectAll().toOperationNode(), { kind: 'instance', id: 2 })
  * // select * from "student" where "student"."iid" = $1   -- [2]
  * ```
  */
-export class TenantFilterTransformer extends OperationNodeTransformer {
+export class InstanceFilterTransformer extends OperationNodeTransformer {
   readonly #source: () => TenantTables
   #tables: TenantTables
   readonly #column: string
-  #target: TenantFilterTarget = { kind: 'none' }
+  #target: InstanceFilterTarget = { kind: 'none' }
   // Names of the CTEs visible at the current point, one set per query with a WITH.
   #ctes: Array<Set<string>> = []
   readonly #predicates = new Map<string, OperationNode>()
@@ -83,7 +83,7 @@ export class TenantFilterTransformer extends OperationNodeTransformer {
   }
 
   /** Returns `node` with every tenant-table reference confined to `target`. Throws before anything runs. */
-  confine<T extends OperationNode> (node: T, target: TenantFilterTarget, queryId?: QueryId): T {
+  confine<T extends OperationNode> (node: T, target: InstanceFilterTarget, queryId?: QueryId): T {
     this.#target = target
     this.#tables = this.#source()
     this.#ctes = []
@@ -388,7 +388,7 @@ export class TenantFilterTransformer extends OperationNodeTransformer {
   }
 }
 
-/** `condition` without the predicates {@link TenantFilterTransformer} added to it earlier. */
+/** `condition` without the predicates {@link InstanceFilterTransformer} added to it earlier. */
 function strip (condition: OperationNode): OperationNode | undefined {
   if (own.has(condition)) return undefined
   if (condition.kind === 'AndNode') {

@@ -1,13 +1,13 @@
 import type { KyselyPlugin, PluginTransformQueryArgs, PluginTransformResultArgs, QueryResult, RootOperationNode, UnknownRow } from 'kysely'
 import { currentContext } from '../context.js'
 import { InvalidOptionsError } from '../errors.js'
-import { SAFE_IDENTIFIER } from '../instance.js'
+import { SAFE_IDENTIFIER } from '../instances/instance.js'
 import type { RawSqlGuard } from './raw-sql-guard.js'
-import { TenantFilterTransformer, type TenantFilterTarget } from './tenant-filter-transformer.js'
+import { InstanceFilterTransformer, type InstanceFilterTarget } from './instance-filter-transformer.js'
 import { TenantTables, type TenantTablesOption } from './tenant-tables.js'
 
-/** Options of {@link TenantFilterPlugin}. */
-export interface TenantFilterPluginOptions {
+/** Options of {@link InstanceFilterPlugin}. */
+export interface InstanceFilterPluginOptions {
   /**
    * The tenant tables: the `tables` option's form, {@link TenantTables} (e.g.
    * from {@link discoverTenantTables}), or a function returning the current ones.
@@ -23,8 +23,8 @@ export interface TenantFilterPluginOptions {
   rawSqlGuard?: RawSqlGuard
 }
 
-const NO_CONTEXT: TenantFilterTarget = { kind: 'none' }
-const HOST: TenantFilterTarget = { kind: 'host' }
+const NO_CONTEXT: InstanceFilterTarget = { kind: 'none' }
+const HOST: InstanceFilterTarget = { kind: 'host' }
 
 /**
  * Confines every query to the current context's instance: each reference to a
@@ -38,23 +38,23 @@ const HOST: TenantFilterTarget = { kind: 'host' }
  * it; it works on its own with any Kysely.
  *
  * ```ts
- * const db = new Kysely<DB>({ dialect, plugins: [new TenantFilterPlugin({ tables: { student: 'must', role: 'may' } })] })
+ * const db = new Kysely<DB>({ dialect, plugins: [new InstanceFilterPlugin({ tables: { student: 'must', role: 'may' } })] })
  * await runAsInstance('shareTest', () => db.selectFrom('student as s').leftJoin('role as r', 'r.id', 's.role_id').selectAll('s').execute())
  * // select "s".* from "student" as "s" left join "role" as "r" on "r"."id" = "s"."role_id" and "r"."iid" = $1
  * //   where "s"."iid" = $2   -- [2, 2]
  * ```
  */
-export class TenantFilterPlugin implements KyselyPlugin {
-  readonly #transformer: TenantFilterTransformer
+export class InstanceFilterPlugin implements KyselyPlugin {
+  readonly #transformer: InstanceFilterTransformer
   readonly #guard: RawSqlGuard | undefined
   readonly #column: string
 
-  constructor (options: TenantFilterPluginOptions) {
-    if (options === null || typeof options !== 'object') throw new InvalidOptionsError('TenantFilterPlugin needs an options object')
+  constructor (options: InstanceFilterPluginOptions) {
+    if (options === null || typeof options !== 'object') throw new InvalidOptionsError('InstanceFilterPlugin needs an options object')
     const tables = options.tables instanceof TenantTables || typeof options.tables === 'function' ? options.tables : new TenantTables(options.tables)
     this.#column = options.tenantColumn ?? 'iid'
     if (typeof this.#column !== 'string' || !SAFE_IDENTIFIER.test(this.#column)) throw new InvalidOptionsError(`tenantColumn ${JSON.stringify(this.#column)} is not a safe column name`)
-    this.#transformer = new TenantFilterTransformer(tables, this.#column)
+    this.#transformer = new InstanceFilterTransformer(tables, this.#column)
     this.#guard = options.rawSqlGuard
   }
 
@@ -68,7 +68,7 @@ export class TenantFilterPlugin implements KyselyPlugin {
       case 'UpdateQueryNode':
       case 'DeleteQueryNode':
       case 'MergeQueryNode': {
-        const target: TenantFilterTarget = context === undefined
+        const target: InstanceFilterTarget = context === undefined
           ? NO_CONTEXT
           : context.kind === 'host' || context.instance === undefined ? HOST : { kind: 'instance', id: context.instance.id }
         return this.#transformer.confine(node, target, args.queryId)

@@ -2,7 +2,7 @@ import pg from 'pg'
 import type { PostgresCursor, PostgresPoolClient, PostgresQueryResult } from 'kysely'
 import { currentContext } from '../context.js'
 import { DatasourceUnavailableError, MismatchError, quote } from '../errors.js'
-import type { Instance } from '../instance.js'
+import type { Instance } from '../instances/instance.js'
 import type { Lease } from './pool-manager.js'
 import { SessionState } from './session-state.js'
 

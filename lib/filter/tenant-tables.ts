@@ -1,5 +1,5 @@
 import { InvalidOptionsError } from '../errors.js'
-import { SAFE_IDENTIFIER } from '../instance.js'
+import { SAFE_IDENTIFIER } from '../instances/instance.js'
 
 /**
  * How a tenant table holds rows:

@@ -14,14 +14,14 @@ export type TenantColumn<V> = ColumnType<Selected<V>, Inserted<V> | undefined, U
  *
  * ```ts
  * interface DB { student: { id: number, iid: number, name: string } }
- * const db = tenancy.kysely<TenantDatabase<DB>>()
+ * const db = tenancy.kysely<InstanceDatabase<DB>>()
  * await db.insertInto('student').values({ id: 1, name: 'Ada' }).execute()
  * // insert into "student" ("id", "name", "iid") values ($1, $2, $3)   -- [1, 'Ada', 2]
  * ```
  */
-export type TenantDatabase<DB, Column extends string = 'iid'> = {
+export type InstanceDatabase<DB, Column extends string = 'iid'> = {
   [T in keyof DB]: { [C in keyof DB[T]]: C extends Column ? TenantColumn<DB[T][C]> : DB[T][C] }
 }
 
 /** The insert type of one table row with the tenant column optional. */
-export type TenantInsertable<Row, Column extends string = 'iid'> = Insertable<TenantDatabase<{ t: Row }, Column>['t']>
+export type InstanceInsertable<Row, Column extends string = 'iid'> = Insertable<InstanceDatabase<{ t: Row }, Column>['t']>

@@ -3,7 +3,7 @@
 // instance's rows, ON CONFLICT DO UPDATE never updates another instance's row.
 import t from 'tap'
 import { sql } from 'kysely'
-import { createTenancy, TenantFilterPlugin, type TenantInsertable } from '../lib/index.js'
+import { createTenancy, InstanceFilterPlugin, type InstanceInsertable } from '../lib/index.js'
 import { createDatabase, query } from './helpers/database.js'
 import { createTenantSchema, schemaInstances, type TenantDB } from './helpers/tenant-schema.js'
 
@@ -26,7 +26,7 @@ async function snapshot (table: string, except?: number): Promise<unknown[]> {
 t.test('INSERT fills iid on every row, refuses another instance', async (t) => {
   const others = await snapshot('student', 2)
   await tenancy.runAsInstance(2, async () => {
-    const row: TenantInsertable<TenantDB['student']> = { id: 10, name: 'ten', course_id: null }
+    const row: InstanceInsertable<TenantDB['student']> = { id: 10, name: 'ten', course_id: null }
     const compiled = db.insertInto('student').values([row, { id: 11, name: 'eleven', course_id: 1 }]).compile()
     t.equal(compiled.sql, 'insert into "student" ("id", "name", "course_id", "iid") values ($1, $2, $3, $4), ($5, $6, $7, $8)')
     await db.insertInto('student').values([row, { id: 11, name: 'eleven', course_id: 1 }]).execute()
@@ -96,11 +96,11 @@ t.test('strict: raw statements naming a tenant table are refused outside unscope
 })
 
 t.test('the plugin works on its own with any Kysely', async (t) => {
-  const plugin = new TenantFilterPlugin({ tables: { student: 'must' } })
+  const plugin = new InstanceFilterPlugin({ tables: { student: 'must' } })
   const own = db.withoutPlugins().withPlugin(plugin)
   await tenancy.runAsInstance(3, async () => {
     t.same(await own.selectFrom('student').select('iid').distinct().execute(), [{ iid: 3 }])
   })
-  t.throws(() => new TenantFilterPlugin({ tables: { student: 'always' as 'must' } }), { code: 'TENANCY_INVALID_OPTIONS' })
+  t.throws(() => new InstanceFilterPlugin({ tables: { student: 'always' as 'must' } }), { code: 'TENANCY_INVALID_OPTIONS' })
   await t.rejects(createTenancy({ instances: [], datasources: { default: url }, strict: 'yes' as unknown as boolean }), { code: 'TENANCY_INVALID_OPTIONS' })
 })

@@ -1,8 +1,8 @@
 import pg from 'pg'
 import type { TenancyContext } from '../context.js'
 import { InvalidOptionsError } from '../errors.js'
-import { SAFE_IDENTIFIER } from '../instance.js'
-import type { SessionSettings } from './session-state.js'
+import { SAFE_IDENTIFIER } from '../instances/instance.js'
+import type { SessionSettings } from '../routing/session-state.js'
 import { TenantTables, type TenantTablesOption } from './tenant-tables.js'
 
 /** The session setting the `rls` option sets and the policies read. */

@@ -47,7 +47,7 @@ function collectRelations (tree: unknown, out: Array<{ schema: string | undefine
  *
  * ```ts
  * const guard = await RawSqlGuard.load(tables)
- * new TenantFilterPlugin({ tables, rawSqlGuard: guard })
+ * new InstanceFilterPlugin({ tables, rawSqlGuard: guard })
  * await sql`select * from "student"`.execute(db)   // throws TENANCY_RAW_SQL outside unscoped()
  * ```
  */

@@ -1,6 +1,6 @@
-import { InvalidInstanceNameError, InvalidOptionsError, InstanceRequiredError, quote } from './errors.js'
-import { isValidInstanceName, type Instance } from './instance.js'
-import { requireInstance, type InstanceStore } from './instance-registry.js'
+import { InvalidInstanceNameError, InvalidOptionsError, InstanceRequiredError, quote } from '../errors.js'
+import { isValidInstanceName, type Instance } from '../instances/instance.js'
+import { requireInstance, type InstanceStore } from '../instances/instance-registry.js'
 
 /**
  * The parts of an HTTP request that resolvers read. Fastify's request has them;
