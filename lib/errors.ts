@@ -81,6 +81,16 @@ export const UnknownTableError = define('TENANCY_UNKNOWN_TABLE', 500,
 export const DatasourceUnavailableError = define('TENANCY_DATASOURCE_UNAVAILABLE', 503,
   'The database of instance %s cannot be reached right now.')
 
+/** 500: the tenancy was closed; its Kysely and pools cannot be used any more. */
+export const ClosedError = define('TENANCY_CLOSED', 500, 'The tenancy has been closed: %s')
+
+/** 500: a connection's session (schema, role, settings) could not be prepared for its instance; the connection was discarded. */
+export const SessionError = define('TENANCY_SESSION_FAILED', 500, '%s')
+
+/** 500: a named export (`runAsInstance`, `runAsHost`, `unscoped`) was called outside any tenancy's context. */
+export const NoTenancyError = define('TENANCY_NO_TENANCY', 500,
+  '%s() was called outside any tenancy\'s context, so it cannot tell which tenancy to act on: call tenancy.%s() on the tenancy itself.')
+
 /** 500, at start-up: the options given to createTenancy or the plugin are not valid. */
 export const InvalidOptionsError = define('TENANCY_INVALID_OPTIONS', 500, 'Invalid tenancy options: %s')
 
@@ -97,5 +107,8 @@ export const errorClasses = {
   TENANCY_UNSUPPORTED_STATEMENT: UnsupportedStatementError,
   TENANCY_UNKNOWN_TABLE: UnknownTableError,
   TENANCY_DATASOURCE_UNAVAILABLE: DatasourceUnavailableError,
+  TENANCY_CLOSED: ClosedError,
+  TENANCY_SESSION_FAILED: SessionError,
+  TENANCY_NO_TENANCY: NoTenancyError,
   TENANCY_INVALID_OPTIONS: InvalidOptionsError,
 } as const

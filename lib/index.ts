@@ -6,7 +6,7 @@ export {
   TenancyError, errorClasses,
   InvalidInstanceNameError, InstanceRequiredError, UnknownInstanceError, InstanceDisabledError,
   NoContextError, HostContextError, MismatchError, RawSqlError, UnsupportedStatementError, UnknownTableError,
-  DatasourceUnavailableError, InvalidOptionsError,
+  DatasourceUnavailableError, ClosedError, SessionError, NoTenancyError, InvalidOptionsError,
 } from './errors.js'
 
 export { runAsInstance, runAsHost, unscoped, currentInstance, currentContext } from './context.js'
