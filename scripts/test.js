@@ -1,7 +1,8 @@
 // `npm test`: runs the tap suite against DATABASE_URL, or against an embedded
 // PostgreSQL that this script starts and stops. Afterwards it checks that every
 // test file really ran tests, so a file that died before its first assertion
-// cannot pass unnoticed, and prints one closing line: "N passed, N failed".
+// cannot pass unnoticed, and prints the tests and the assertions apart, then
+// one closing line over the tests: "N passed, N failed".
 import { spawn } from 'node:child_process'
 import { once } from 'node:events'
 import { readdir, readFile, rm } from 'node:fs/promises'
@@ -41,8 +42,7 @@ await stopServer()
 // Which files should have run: the ones named on the command line, or all.
 const named = args.filter((arg) => arg.endsWith('.ts') || arg.endsWith('.js'))
 const expected = named.length > 0 ? named.map((file) => path.relative(root, path.resolve(file))) : await listTests('test')
-let passed = 0
-let failed = 0
+const totals = { tests: { pass: 0, fail: 0 }, assertions: { pass: 0, fail: 0 } }
 const problems = []
 for (const file of expected) {
   let text
@@ -52,17 +52,47 @@ for (const file of expected) {
     problems.push(`${file} left no results`)
     continue
   }
-  const ok = text.match(/^\s*ok \d+/gm)?.length ?? 0
-  const notOk = text.match(/^\s*not ok \d+/gm)?.length ?? 0
-  passed += ok
-  failed += notOk
-  if (ok + notOk === 0) problems.push(`${file} ran no tests`)
+  const counts = countTap(text)
+  for (const kind of ['tests', 'assertions']) {
+    totals[kind].pass += counts[kind].pass
+    totals[kind].fail += counts[kind].fail
+  }
+  if (counts.tests.pass + counts.tests.fail === 0) problems.push(`${file} ran no tests`)
 }
+const minimum = Number(env.TENANCY_MIN_TESTS ?? (named.length > 0 ? 1 : 100))
+if (totals.tests.pass < minimum) problems.push(`only ${totals.tests.pass} tests passed, fewer than the ${minimum} expected`)
 for (const problem of problems) console.error(`# ${problem}`)
-const minimum = Number(env.TENANCY_MIN_TESTS ?? (named.length > 0 ? 1 : 200))
-if (passed < minimum) problems.push(`only ${passed} tests passed, fewer than the ${minimum} expected`)
-console.log(`${passed} passed, ${failed + problems.length} failed`)
+console.log(`# ${totals.tests.pass + totals.tests.fail} tests in ${expected.length} files, ${totals.assertions.pass + totals.assertions.fail} assertions (${totals.assertions.pass} passed, ${totals.assertions.fail} failed)`)
+console.log(`${totals.tests.pass} passed, ${totals.tests.fail + problems.length} failed`)
 process.exit(code !== 0 ? (code ?? 1) : problems.length > 0 ? 1 : 0)
+
+/**
+ * Tests and assertions of one TAP file, told apart: a test is a subtest (a
+ * `# Subtest:` block, closed by its own result line) or an assertion made
+ * outside any subtest; an assertion is every result line that closes no subtest.
+ */
+function countTap (text) {
+  const counts = { tests: { pass: 0, fail: 0 }, assertions: { pass: 0, fail: 0 } }
+  const open = []
+  for (const line of text.split('\n')) {
+    const subtest = /^(\s*)# Subtest: /.exec(line)
+    if (subtest) {
+      open.push(subtest[1].length)
+      continue
+    }
+    const result = /^(\s*)(not )?ok \d+/.exec(line)
+    if (!result) continue
+    const outcome = result[2] === undefined ? 'pass' : 'fail'
+    if (open.length > 0 && open.at(-1) === result[1].length) {
+      open.pop()
+      counts.tests[outcome]++
+    } else {
+      counts.assertions[outcome]++
+      if (open.length === 0) counts.tests[outcome]++
+    }
+  }
+  return counts
+}
 
 async function listTests (dir) {
   const files = []
