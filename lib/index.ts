@@ -10,7 +10,7 @@ export {
 } from './errors.js'
 
 export { runAsInstance, runAsHost, unscoped, currentInstance, currentContext } from './context.js'
-export type { ContextKind, TenancyContext } from './context.js'
+export type { ContextKind, ContextOwner, TenancyContext } from './context.js'
 
 export { Tenancy, createTenancy } from './tenancy.js'
 export type { TenancyOptions } from './tenancy.js'

@@ -1,6 +1,6 @@
-import { Kysely, PostgresDialect, type KyselyPlugin } from 'kysely'
-import { currentContext, forgetTenancy, runInContext, setLastCreated } from './context.js'
-import { InvalidOptionsError } from './errors.js'
+import { Kysely, PostgresDialect } from 'kysely'
+import { contextOf, enterContext, type ContextOwner, type TenancyContext } from './context.js'
+import { ClosedError, InvalidOptionsError } from './errors.js'
 import { SAFE_IDENTIFIER, type Instance, type InstanceConfig, type InstanceName } from './instances/instance.js'
 import { InstanceRegistry, requireInstance, type InstanceStore } from './instances/instance-registry.js'
 import { PoolManager, type DatasourceConfig, type PoolSettings } from './routing/pool-manager.js'
@@ -65,7 +65,7 @@ function isStore (value: unknown): value is InstanceStore {
  * One multi-tenant setup: instances, datasources and the context functions
  * bound to them. Made by {@link createTenancy}.
  */
-export class Tenancy {
+export class Tenancy implements ContextOwner {
   /** The instances. */
   readonly instances: InstanceStore
   /** The tenant column. */
@@ -114,17 +114,12 @@ export class Tenancy {
    * scope: the outer context is back when `fn` returns or throws.
    */
   runAsInstance<R> (nameOrId: InstanceName | number, fn: () => R): R {
-    return this.runAs(requireInstance(this.instances, nameOrId), fn)
-  }
-
-  /** Runs `fn` as an already looked-up instance (the plugin's path: no second lookup). */
-  runAs<R> (instance: Instance, fn: () => R): R {
-    return runInContext({ tenancy: this, kind: 'instance', instance }, fn)
+    return enterContext(this, 'instance', requireInstance(this.instances, nameOrId), fn)
   }
 
   /** Runs `fn` in host context: the operator context that belongs to no instance. */
   runAsHost<R> (fn: () => R): R {
-    return runInContext({ tenancy: this, kind: 'host', instance: undefined }, fn)
+    return enterContext(this, 'host', undefined, fn)
   }
 
   /**
@@ -132,13 +127,17 @@ export class Tenancy {
    * explicit `iid`s. Queries still run on the current instance's database.
    */
   unscoped<R> (fn: () => R): R {
-    return runInContext({ tenancy: this, kind: 'unscoped', instance: this.currentInstance() }, fn)
+    return enterContext(this, 'unscoped', this.currentInstance(), fn)
   }
 
-  /** The instance of the current context, when the context is this tenancy's. */
+  /** The innermost frame of this tenancy in the current async context; frames of other tenancies are skipped. */
+  context (): TenancyContext | undefined {
+    return contextOf(this)
+  }
+
+  /** The instance of this tenancy's current frame, or `undefined`. */
   currentInstance (): Instance | undefined {
-    const context = currentContext()
-    return context?.tenancy === this ? context.instance : undefined
+    return contextOf(this)?.instance
   }
 
   /**
@@ -146,18 +145,15 @@ export class Tenancy {
    * context. Which database and schema a query runs on follows the context.
    */
   kysely<DB> (): Kysely<DB> {
-    if (this.#closed) throw new Error('The tenancy has been closed; its Kysely cannot be used any more.')
-    this.#kysely ??= new Kysely<any>({
-      dialect: new PostgresDialect({ pool: new RoutingPool(this.#pools, { settings: this.#settings }) }),
-      plugins: this.kyselyPlugins(),
+    if (this.#closed) throw new ClosedError('its Kysely cannot be used any more.')
+    if (this.#kysely !== undefined) return this.#kysely as Kysely<DB>
+    if (this.#tenantTables === undefined) throw new InvalidOptionsError('the tenant tables are not known yet: create the tenancy with createTenancy(), which discovers them')
+    const context = (): TenancyContext | undefined => contextOf(this)
+    this.#kysely = new Kysely<any>({
+      dialect: new PostgresDialect({ pool: new RoutingPool(this.#pools, { settings: this.#settings, context }) }),
+      plugins: [new InstanceFilterPlugin({ tables: () => this.#tenantTables!, tenantColumn: this.tenantColumn, rawSqlGuard: this.#rawSqlGuard, context })],
     })
     return this.#kysely as Kysely<DB>
-  }
-
-  /** @internal The plugins `kysely()` installs. */
-  protected kyselyPlugins (): KyselyPlugin[] {
-    if (this.#tenantTables === undefined) throw new Error('The tenant tables are not known yet: create the tenancy with createTenancy(), which discovers them.')
-    return [new InstanceFilterPlugin({ tables: () => this.#tenantTables!, tenantColumn: this.tenantColumn, rawSqlGuard: this.#rawSqlGuard })]
   }
 
   /** The tenant tables the filter confines: the `tables` option, or those discovered. */
@@ -190,7 +186,6 @@ export class Tenancy {
   async close (): Promise<void> {
     if (this.#closed) return
     this.#closed = true
-    forgetTenancy(this)
     if (this.#kysely) await this.#kysely.destroy()
     await this.#pools.close()
   }
@@ -198,7 +193,7 @@ export class Tenancy {
 
 /**
  * Creates a tenancy: validates the options (throwing `TENANCY_INVALID_OPTIONS`
- * with the reason) and makes it the one named exports use outside any context.
+ * with the reason), discovers the tenant tables and loads what the checks need.
  *
  * ```ts
  * const tenancy = await createTenancy({
@@ -215,6 +210,5 @@ export async function createTenancy (options: TenancyOptions): Promise<Tenancy> 
     await tenancy.close()
     throw err
   }
-  setLastCreated(tenancy)
   return tenancy
 }

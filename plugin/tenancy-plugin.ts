@@ -1,5 +1,6 @@
 import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
+import { withoutContext } from '../lib/context.js'
 import { InvalidOptionsError } from '../lib/errors.js'
 import { createInstanceResolver, type ResolveOptions, type Resolution } from '../lib/resolve/instance-resolver.js'
 
@@ -30,20 +31,18 @@ async function tenancyPlugin (fastify: FastifyInstance, options: TenancyPluginOp
     try {
       resolve = createInstanceResolver(tenancy.instances, options.resolve)
     } catch (err) {
-      // The tenancy made here would otherwise stay the one named exports use.
+      // The tenancy made here would otherwise keep its pools open.
       await tenancy.close()
       throw err
     }
   }
-  const hostFrame = (done: HookHandlerDoneFunction): void => { tenancy.runAsHost(done) }
-
   fastify.decorate('tenancy', tenancy)
   fastify.decorateRequest('instance', null)
   fastify.decorateRequest('instanceName', null)
 
   function enter (request: FastifyRequest, reply: FastifyReply, resolution: Resolution, done: HookHandlerDoneFunction): void {
     if (resolution === null) {
-      hostFrame(done)
+      tenancy.runAsHost(done)
       return
     }
     request.instance = resolution
@@ -53,11 +52,12 @@ async function tenancyPlugin (fastify: FastifyInstance, options: TenancyPluginOp
     reply.log = request.log = request.log.child({ instance: resolution.name })
     // run() rather than enterWith(): the frame holds for everything Fastify
     // does after done() is called inside it, and ends with it; enterWith()
-    // would leak into the next request on a keep-alive socket.
-    tenancy.runAs(resolution, done)
+    // would leak into the next request on a keep-alive socket. By id, so the
+    // request passes the same gate (unknown, disabled) as every other switch.
+    tenancy.runAsInstance(resolution.id, done)
   }
 
-  fastify.addHook('onRequest', function tenancyOnRequest (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) {
+  function resolveAndEnter (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction): void {
     let resolution: Resolution | Promise<Resolution>
     try {
       resolution = resolve(request)
@@ -70,7 +70,22 @@ async function tenancyPlugin (fastify: FastifyInstance, options: TenancyPluginOp
       return
     }
     enter(request, reply, resolution, done)
+  }
+
+  // Resolution starts from no frame at all: a request must never inherit the
+  // context of the code that started the server or injected the request.
+  fastify.addHook('onRequest', function tenancyOnRequest (request: FastifyRequest, reply: FastifyReply, done: HookHandlerDoneFunction) {
+    withoutContext(() => { resolveAndEnter(request, reply, done) })
   })
+
+  // Node's HTTP server runs every connection in the async context that
+  // listen() was called in, so start-up code inside runAsInstance() would make
+  // the hooks before ours, onRequestAbort and onTimeout run as that instance.
+  // Listening from no frame gives every request and socket event a clean start.
+  const listen = fastify.listen
+  fastify.listen = function tenancyListen (this: FastifyInstance, ...args: unknown[]) {
+    return withoutContext(() => (listen as (...a: unknown[]) => unknown).apply(this, args))
+  } as typeof fastify.listen
 
   if (options.closeOnShutdown !== false) {
     fastify.addHook('onClose', async function tenancyOnClose () {

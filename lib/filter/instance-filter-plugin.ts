@@ -1,5 +1,5 @@
 import type { KyselyPlugin, PluginTransformQueryArgs, PluginTransformResultArgs, QueryResult, RootOperationNode, UnknownRow } from 'kysely'
-import { currentContext } from '../context.js'
+import { currentContext, type TenancyContext } from '../context.js'
 import { InvalidOptionsError } from '../errors.js'
 import { SAFE_IDENTIFIER } from '../instances/instance.js'
 import type { RawSqlGuard } from './raw-sql-guard.js'
@@ -21,6 +21,13 @@ export interface InstanceFilterPluginOptions {
    * {@link RawSqlGuard.load}. Defaults to none (raw statements pass unchanged).
    */
   rawSqlGuard?: RawSqlGuard
+  /**
+   * Reads the frame the filter confines to. `tenancy.kysely()` passes one that
+   * sees only that tenancy's frames, so another tenancy's `unscoped()` or
+   * instance is no context here. Defaults to the innermost frame of any
+   * tenancy (`currentContext`).
+   */
+  context?: () => TenancyContext | undefined
 }
 
 const NO_CONTEXT: InstanceFilterTarget = { kind: 'none' }
@@ -48,6 +55,7 @@ export class InstanceFilterPlugin implements KyselyPlugin {
   readonly #transformer: InstanceFilterTransformer
   readonly #guard: RawSqlGuard | undefined
   readonly #column: string
+  readonly #context: () => TenancyContext | undefined
 
   constructor (options: InstanceFilterPluginOptions) {
     if (options === null || typeof options !== 'object') throw new InvalidOptionsError('InstanceFilterPlugin needs an options object')
@@ -56,10 +64,12 @@ export class InstanceFilterPlugin implements KyselyPlugin {
     if (typeof this.#column !== 'string' || !SAFE_IDENTIFIER.test(this.#column)) throw new InvalidOptionsError(`tenantColumn ${JSON.stringify(this.#column)} is not a safe column name`)
     this.#transformer = new InstanceFilterTransformer(tables, this.#column)
     this.#guard = options.rawSqlGuard
+    if (options.context !== undefined && typeof options.context !== 'function') throw new InvalidOptionsError('context must be a function that returns the current frame')
+    this.#context = options.context ?? currentContext
   }
 
   transformQuery (args: PluginTransformQueryArgs): RootOperationNode {
-    const context = currentContext()
+    const context = this.#context()
     if (context?.kind === 'unscoped') return args.node
     const node = args.node
     switch (node.kind) {

@@ -1,21 +1,7 @@
 import { PostgresQueryCompiler, type RawNode } from 'kysely'
 import { RawSqlError, quote } from '../errors.js'
+import { loadSqlParser, type ParseSql } from '../sql-parser.js'
 import type { TenantTables } from './tenant-tables.js'
-
-type Parse = (query: string) => unknown
-
-let parser: Promise<Parse> | undefined
-
-// libpg-query is PostgreSQL's own parser compiled to WebAssembly: it needs no
-// install script, but its module loads asynchronously, once.
-async function loadParser (): Promise<Parse> {
-  parser ??= (async () => {
-    const module = await import('libpg-query')
-    await module.loadModule()
-    return module.parseSync
-  })()
-  return await parser
-}
 
 /** Every `schema.table` (or `table`) a parse tree reads or writes. */
 function collectRelations (tree: unknown, out: Array<{ schema: string | undefined, name: string }>): void {
@@ -53,21 +39,21 @@ function collectRelations (tree: unknown, out: Array<{ schema: string | undefine
  */
 export class RawSqlGuard {
   readonly #tables: () => TenantTables
-  readonly #parse: Parse
+  readonly #parse: ParseSql
   readonly #compiler = new PostgresQueryCompiler()
   // Raw statements are usually a handful of constant texts: remember verdicts,
   // for as long as the tenant tables they were reached with are the current ones.
   readonly #verdicts = new Map<string, string | null>()
   #verdictsOf: TenantTables | undefined
 
-  private constructor (tables: TenantTables | (() => TenantTables), parse: Parse) {
+  private constructor (tables: TenantTables | (() => TenantTables), parse: ParseSql) {
     this.#tables = typeof tables === 'function' ? tables : () => tables
     this.#parse = parse
   }
 
   /** Loads the parser and returns a guard for `tables` (or a function that returns the current ones). */
   static async load (tables: TenantTables | (() => TenantTables)): Promise<RawSqlGuard> {
-    return new RawSqlGuard(tables, await loadParser())
+    return new RawSqlGuard(tables, await loadSqlParser())
   }
 
   /** The first tenant table `text` names, or `null`. */

@@ -1,6 +1,6 @@
 import pg from 'pg'
 import type { PostgresCursor, PostgresPoolClient, PostgresQueryResult } from 'kysely'
-import { currentContext } from '../context.js'
+import type { TenancyContext } from '../context.js'
 import { DatasourceUnavailableError, MismatchError, quote } from '../errors.js'
 import type { Instance } from '../instances/instance.js'
 import type { Lease } from './pool-manager.js'
@@ -48,10 +48,12 @@ export class RoutedClient implements PostgresPoolClient {
   #lease: Lease | undefined
   #owner: Instance | undefined
   #broken = false
+  readonly #context: () => TenancyContext | undefined
 
-  constructor (client: pg.PoolClient, giveBack: (lease: Lease, destroy: boolean) => void) {
+  constructor (client: pg.PoolClient, giveBack: (lease: Lease, destroy: boolean) => void, context: () => TenancyContext | undefined) {
     this.#client = client
     this.#giveBack = giveBack
+    this.#context = context
   }
 
   /** Read by Kysely to cancel a running query. */
@@ -103,7 +105,7 @@ export class RoutedClient implements PostgresPoolClient {
   }
 
   #mismatch (): Error | undefined {
-    const current = currentContext()?.instance
+    const current = this.#context()?.instance
     const owner = this.#owner
     if (current === owner || current?.id === owner?.id) return undefined
     return new MismatchError(`This transaction (or connection) belongs to ${describe(owner)}, which began it, but a query on it now runs as ${describe(current)}. ` +

@@ -1,6 +1,6 @@
 import type pg from 'pg'
 import type { PostgresPool, PostgresPoolClient } from 'kysely'
-import { currentContext } from '../context.js'
+import { currentContext, type TenancyContext } from '../context.js'
 import { DatasourceUnavailableError, quote } from '../errors.js'
 import type { Lease, PoolManager } from './pool-manager.js'
 import { RoutedClient, isConnectionError } from './routed-client.js'
@@ -10,6 +10,12 @@ import { sessionTarget, type SessionSettings } from './session-state.js'
 export interface RoutingPoolOptions {
   /** Extra session settings per checkout, e.g. for row-level security. Defaults to none. */
   settings?: SessionSettings
+  /**
+   * Reads the frame a checkout routes by, and the transaction guard compares
+   * with. `tenancy.kysely()` passes one that sees only that tenancy's frames.
+   * Defaults to the innermost frame of any tenancy (`currentContext`).
+   */
+  context?: () => TenancyContext | undefined
 }
 
 /** Counters of a {@link RoutingPool}. */
@@ -47,25 +53,27 @@ export class RoutingPool implements PostgresPool {
   readonly stats: RoutingStats = { checkouts: 0, sessionChanges: 0 }
   readonly #pools: PoolManager
   readonly #settings: SessionSettings | undefined
+  readonly #context: () => TenancyContext | undefined
   readonly #routed = new WeakMap<pg.PoolClient, RoutedClient>()
   readonly #giveBack = (lease: Lease, destroy: boolean): void => { this.#pools.release(lease, destroy) }
 
   constructor (pools: PoolManager, options: RoutingPoolOptions = {}) {
     this.#pools = pools
     this.#settings = options.settings
+    this.#context = options.context ?? currentContext
   }
 
   // The promise form on purpose: pg's callback form can call back in the
   // context of the request that released the client.
   async connect (): Promise<PostgresPoolClient> {
-    const context = currentContext()
+    const context = this.#context()
     const instance = context?.instance
     const target = sessionTarget(context, this.#settings)
     const label = instance?.name ?? 'default'
     const lease = await this.#pools.acquire(instance?.datasource ?? 'default', label)
     let routed = this.#routed.get(lease.client)
     if (routed === undefined) {
-      routed = new RoutedClient(lease.client, this.#giveBack)
+      routed = new RoutedClient(lease.client, this.#giveBack, this.#context)
       this.#routed.set(lease.client, routed)
     }
     routed.checkout(lease, instance)
