@@ -34,14 +34,18 @@ function define<C extends string, S extends number> (code: C, statusCode: S, mes
  * error message: quoted, control characters escaped, cut to a readable length.
  */
 export function quote (value: unknown): string {
-  const text = typeof value === 'string' ? value : String(value)
+  // String() of a null-prototype object (a query parser's plainObjects) throws:
+  // a client's value must never turn into a 500 while its error is described.
+  const text = typeof value === 'string' ? value
+    : typeof value === 'number' || typeof value === 'bigint' || typeof value === 'boolean' || value === null || value === undefined ? String(value)
+      : Array.isArray(value) ? 'a list' : typeof value === 'object' ? 'an object' : `a ${typeof value}`
   const cut = text.length > 80 ? text.slice(0, 80) + '…' : text
   return JSON.stringify(cut)
 }
 
-/** 400: a resolved name has characters outside `[A-Za-z0-9._-]` or is over 63 characters. */
+/** 400: a resolved name has characters outside `[A-Za-z0-9._-]`, starts with a dot, is over 63 characters, or was given more than once. */
 export const InvalidInstanceNameError = define('TENANCY_INVALID_INSTANCE_NAME', 400,
-  'The instance name %s is not valid: use at most 63 of the characters A-Z, a-z, 0-9, ".", "_" and "-".')
+  'The instance name %s is not valid: use at most 63 of the characters A-Z, a-z, 0-9, ".", "_" and "-", not starting with ".".')
 
 /** 400: the request named no instance and the resolver chain's fallback is `reject`. */
 export const InstanceRequiredError = define('TENANCY_INSTANCE_REQUIRED', 400,

@@ -78,6 +78,19 @@ t.test('readCookie', async (t) => {
   t.equal(readCookie('xtenant=acme', 'tenant'), undefined)
   t.equal(readCookie('tenant', 'tenant'), undefined)
   t.equal(readCookie('tenant=', 'tenant'), '')
+  t.same(readCookie('tenant=a; x=1; tenant=b', 'tenant'), ['a', 'b'], 'a cookie given twice gives both values, for the chain to refuse')
+  t.same(readCookie('tenant=a; tenant=a', 'tenant'), ['a', 'a'], 'even when both copies agree')
+})
+
+t.test('a cookie given twice, an object and a leading dot are 400 TENANCY_INVALID_INSTANCE_NAME', async (t) => {
+  const resolve = createInstanceResolver(store, { cookie: 'tenant' })
+  t.throws(() => resolve(request({ headers: { cookie: 'tenant=cookie; tenant=header' } })), { code: 'TENANCY_INVALID_INSTANCE_NAME', statusCode: 400, message: /given more than once/ })
+  t.throws(() => resolve(request({ query: { 'x-instance-name': Object.assign(Object.create(null), { a: 'b' }) } })), { code: 'TENANCY_INVALID_INSTANCE_NAME', message: /an object/ })
+  t.throws(() => resolve(request({ query: { 'x-instance-name': Symbol('x') } })), { code: 'TENANCY_INVALID_INSTANCE_NAME', message: /a symbol/ })
+  for (const name of ['.', '..', '.cabloy']) {
+    t.throws(() => resolve(request({ headers: { 'x-instance-name': name } })), { code: 'TENANCY_INVALID_INSTANCE_NAME' }, JSON.stringify(name))
+  }
+  t.equal((resolve(request({ headers: { 'x-instance-name': 'cabloy.store' } })) as Instance).name, 'cabloy.store', 'an inner dot stays valid')
 })
 
 t.test('default order: custom, query, header, cookie, path, port, host; first match wins', async (t) => {
@@ -204,5 +217,7 @@ t.test('option validation', async (t) => {
   for (const [options, message] of bad) {
     t.throws(() => createInstanceResolver(store, options as ResolveOptions), { code: 'TENANCY_INVALID_OPTIONS', message }, JSON.stringify(options))
   }
-  t.doesNotThrow(() => createInstanceResolver(store, { queryField: false, headerField: false, cookie: false, subdomainOffset: 0, ports: false, order: ['host'], fallback: 'reject' }))
+  const only = createInstanceResolver(store, { queryField: false, headerField: false, cookie: false, subdomainOffset: 0, ports: false, order: ['host'], fallback: 'reject' })
+  t.equal((only(request({ hostname: 'cabloy', headers: { 'x-instance-name': 'store' } })) as Instance).name, 'cabloy', 'valid options: only the host resolver runs, offset 0')
+  t.throws(() => only(request({ hostname: 'localhost' })), { code: 'TENANCY_INSTANCE_REQUIRED' }, 'and the reject fallback applies')
 })

@@ -20,7 +20,7 @@ export type InstanceMode = 'shared' | 'isolated' | 'schema'
 
 /** An instance as configured. */
 export interface InstanceConfig {
-  /** Unique; `''` is the default instance. At most 63 of `[A-Za-z0-9._-]`. */
+  /** Unique; `''` is the default instance. At most 63 of `[A-Za-z0-9._-]`, not starting with a dot. */
   name: string
   /** Unique positive integer: the value of the tenant column. Required, so reordering configuration never renumbers data. */
   id: number
@@ -62,9 +62,10 @@ export interface Instance {
   readonly password?: string
 }
 
-const NAME = /^[A-Za-z0-9._-]{0,63}$/
+// No leading dot: `.` and `..` read as path steps wherever names become paths or identifiers.
+const NAME = /^(?:[A-Za-z0-9_-][A-Za-z0-9._-]{0,62})?$/
 
-/** True when `name` may name an instance. */
+/** True when `name` may name an instance: `''`, or at most 63 of `[A-Za-z0-9._-]`, not starting with a dot. */
 export function isValidInstanceName (name: unknown): name is string {
   return typeof name === 'string' && NAME.test(name)
 }
@@ -80,7 +81,7 @@ export function toInstance (input: InstanceConfig, datasources: ReadonlySet<stri
   if (input === null || typeof input !== 'object') return `an instance must be an object, not ${String(input)}`
   const { name, id } = input
   const label = `instance ${JSON.stringify(name)}`
-  if (!isValidInstanceName(name)) return `${label}: the name must be at most 63 of [A-Za-z0-9._-]`
+  if (!isValidInstanceName(name)) return `${label}: the name must be at most 63 of [A-Za-z0-9._-], not starting with a dot`
   if (!Number.isSafeInteger(id) || id <= 0) return `${label}: id must be a positive integer, not ${JSON.stringify(id)}`
   if (input.isolate && input.schema !== undefined) return `${label}: choose isolate or schema, not both`
   if (input.isolate && !input.isolateClient) return `${label}: isolate needs isolateClient, the datasource of its database`

@@ -68,16 +68,23 @@ export function instanceNameFromHost (host: string, offset: number): string | un
   return host.split('.').reverse().slice(offset).join('.')
 }
 
-/** The value of cookie `name` in a `Cookie` header, or `undefined`. */
-export function readCookie (header: string, name: string): string | undefined {
+/**
+ * The value of cookie `name` in a `Cookie` header, `undefined` when it is
+ * absent, or every value when it is there more than once (Node joins repeated
+ * `Cookie` headers with `; `): the chain refuses a list with 400, as it does a
+ * repeated header or query field, instead of picking one.
+ */
+export function readCookie (header: string, name: string): string | string[] | undefined {
+  let found: string[] | undefined
   for (const part of header.split(';')) {
     const eq = part.indexOf('=')
     if (eq !== -1 && part.slice(0, eq).trim() === name) {
-      const value = part.slice(eq + 1).trim()
-      try { return decodeURIComponent(value) } catch { return value }
+      let value = part.slice(eq + 1).trim()
+      try { value = decodeURIComponent(value) } catch {}
+      ;(found ??= []).push(value)
     }
   }
-  return undefined
+  return found === undefined ? undefined : found.length === 1 ? found[0] : found
 }
 
 // Host names arrive in lower case, instance names need not be: an index of the
