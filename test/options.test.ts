@@ -4,7 +4,7 @@
 import t from 'tap'
 import Fastify from 'fastify'
 import tenancy, { createTenancy, runAsInstance, currentInstance, TenancyError } from '../plugin/index.js'
-import { createDatabase } from './helpers/database.js'
+import { createDatabase, query } from './helpers/database.js'
 
 const url = await createDatabase(t, 'options')
 const datasources = { default: url }
@@ -94,8 +94,12 @@ t.test('register refuses bad plugin and resolve options', async (t) => {
   t.equal(await registerError({ tenancy: own, resolve: { headerField: 'x-tenant', fallback: 'reject' } }), undefined, 'good options register')
 })
 
-t.test('a plugin whose options fail leaves no tenancy behind for the named exports', async (t) => {
+t.test('a plugin whose options fail closes the tenancy it made', async (t) => {
+  const database = new URL(datasources.default).pathname.slice(1)
+  const backends = async (): Promise<number> => (await query(url, 'select count(*)::int as n from pg_stat_activity where datname = $1 and pid <> pg_backend_pid()', [database]))[0].n
+  const before = await backends()
   const err = await registerError({ instances: [{ name: 'orphan', id: 1 }], datasources, resolve: { fallback: 'maybe' } })
   t.match(err, { code: 'TENANCY_INVALID_OPTIONS' })
-  t.throws(() => runAsInstance('orphan', () => currentInstance()), 'the half-made tenancy is not the one named exports use')
+  t.equal(await backends(), before, 'the connection its table discovery opened is closed again')
+  t.throws(() => runAsInstance('orphan', () => currentInstance()), { code: 'TENANCY_NO_TENANCY' }, 'and no named export can reach it')
 })
