@@ -30,3 +30,21 @@ t.test('declared instance names are checked', async (t) => {
 t.test('without declared names any string is accepted', async (t) => {
   t.equal(await compile('test/types/open'), '')
 })
+
+t.test('every export path type-checks by package name', async (t) => {
+  t.equal(await compile('test/types/exports'), '')
+})
+
+t.test('at run time every export path gives what its types say', async (t) => {
+  t.equal(await compile('tsconfig.json'), '', 'built')
+  const root = await import('fastify-tenancy' as string)
+  const lib = await import('fastify-tenancy/lib' as string)
+  t.equal(typeof root.default, 'function', 'the plugin is the default export')
+  t.equal(root.tenancy, root.default, 'and the named export tenancy')
+  t.equal(root.createTenancy, lib.createTenancy, 'both paths share one createTenancy')
+  t.notOk('tenancy' in lib, 'fastify-tenancy/lib has no plugin, as its types say')
+  t.notOk('default' in lib, 'and no default export')
+  for (const internal of ['setLastCreated', 'forgetTenancy', 'withSettings', 'runInContext', 'enterContext', 'contextOf', 'withoutContext', 'RoutedClient', 'isConnectionError', 'InstanceFilterTransformer']) {
+    t.notOk(internal in root, `${internal} is not public`)
+  }
+})
