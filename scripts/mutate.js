@@ -1,0 +1,266 @@
+// `npm run mutate [-- group ...] [--dry-run] [--head]`: mutation testing with StrykerJS
+// of the files that decide isolation, one group at a time, each with the test
+// files that guard it. Outside CI: a group takes from minutes to an hour.
+//
+// One PostgreSQL serves the whole run: DATABASE_URL, or an embedded server this
+// script starts (data in .data/mutate-<pid>) and stops at the end, also on an
+// error or Ctrl-C. `--head` mutates a copy of the last commit instead of the
+// working tree. Results: the console, and reports/mutation/<group>.{md,json,html}. Each mutant runs the group's test files one after another,
+// each in its own `node` process, and is killed by the first that fails.
+//
+// The test files run under Node's own type stripping, not tap's TypeScript
+// compiler: that saves seconds per file and so hours per run. Node does not map
+// the `.js` of a relative import to its `.ts` file, so the test processes load
+// this file first (`--import`), which adds only that mapping (and none of the
+// rest below: imported, it is not the main module).
+import { existsSync } from 'node:fs'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+
+const self = fileURLToPath(import.meta.url)
+const isMain = process.argv[1] !== undefined && path.resolve(process.argv[1]) === self
+
+/** Resolves `./x.js` to `./x.ts` when only the `.ts` file exists, as TypeScript's NodeNext resolution does. */
+async function mapJsToTs () {
+  const { registerHooks } = await import('node:module')
+  registerHooks({
+    resolve (specifier, context, nextResolve) {
+      if ((specifier.startsWith('./') || specifier.startsWith('../')) && specifier.endsWith('.js') && context.parentURL?.startsWith('file:')) {
+        const js = new URL(specifier, context.parentURL)
+        const ts = new URL(specifier.slice(0, -'.js'.length) + '.ts', context.parentURL)
+        if (!existsSync(js) && existsSync(ts)) return nextResolve(ts.href, context)
+      }
+      return nextResolve(specifier, context)
+    },
+  })
+}
+
+/**
+ * The groups, in the order they run by default. `mutate` names the files, or
+ * `{ file, only }` to mutate only the named functions and methods of a file
+ * (their line ranges are found when the group starts, so they follow edits).
+ * `tests` are test files or `test/prefix-*.test.ts` patterns, run in this order
+ * (the quickest to fail first); missing ones are skipped.
+ */
+const GROUPS = {
+  context: {
+    // Not `validate` (the resolver's option checks): a mutant there accepts a
+    // bad option, it does not move a request to another instance.
+    mutate: ['lib/context.ts', { file: 'lib/resolve/instance-resolver.ts', only: ['instanceNameFromHost', 'readCookie', 'byFoldedName', 'builtIn', 'createInstanceResolver'] }],
+    tests: ['test/instance-resolver.test.ts', 'test/instance-resolver-*.test.ts', 'test/context.test.ts', 'test/context-*.test.ts', 'test/plugin-startup.test.ts', 'test/plugin-hostile.test.ts'],
+  },
+  routing: {
+    // Of the pool manager, what decides which pool a checkout takes from and
+    // whether a connection goes back to it: not its option checks, counters,
+    // waiting for a slot or idle sweeps (an hour more of mutants).
+    mutate: ['lib/routing/routed-client.ts', 'lib/routing/routing-pool.ts', 'lib/routing/session-state.ts', { file: 'lib/routing/pool-manager.ts', only: ['acquire', 'release', 'entry'] }],
+    tests: ['test/routing-session.test.ts', 'test/session-state.test.ts', 'test/session-state-*.test.ts', 'test/pool-manager.test.ts', 'test/pool-manager-*.test.ts', 'test/routing-transactions.test.ts', 'test/routing-hybrid.test.ts', 'test/routing-*.test.ts'],
+  },
+  filter: {
+    mutate: ['lib/filter/instance-filter-transformer.ts', 'lib/filter/instance-filter-plugin.ts'],
+    tests: ['test/instance-filter-*.test.ts', 'test/oracle.test.ts', 'test/oracle-*.test.ts'],
+  },
+}
+
+async function main () {
+  const { readFile, readdir, rm, mkdir, writeFile, symlink, cp } = await import('node:fs/promises')
+  const { execFileSync } = await import('node:child_process')
+  const { startEmbeddedPostgres } = await import('./embedded-postgres.js')
+  const { Stryker } = await import('@stryker-mutator/core')
+
+  const root = path.resolve(path.dirname(self), '..')
+  process.chdir(root)
+  const flags = ['--dry-run', '--head']
+  const args = process.argv.slice(2)
+  const dryRunOnly = args.includes('--dry-run')
+  const head = args.includes('--head')
+  const unknownFlags = args.filter((arg) => arg.startsWith('--') && !flags.includes(arg))
+  const names = args.filter((arg) => !arg.startsWith('--'))
+  const unknownGroups = names.filter((name) => !Object.hasOwn(GROUPS, name))
+  if (unknownFlags.length > 0 || unknownGroups.length > 0) {
+    console.error(`Usage: npm run mutate [-- group ...] [--dry-run] [--head]; groups: ${Object.keys(GROUPS).join(', ')}`)
+    console.error('--dry-run: instrument and run the tests once, no mutant; --head: mutate the last commit, not the working tree')
+    process.exit(2)
+  }
+  const selected = names.length > 0 ? names : Object.keys(GROUPS)
+  const reports = path.join(root, 'reports', 'mutation')
+  // The server's data and the copy of the last commit; removed at the end.
+  const scratch = path.join(root, '.data', `mutate-${process.pid}`)
+
+  let server
+  async function cleanUp () {
+    const stopping = server
+    server = undefined
+    await stopping?.stop().catch(() => {})
+    await rm(scratch, { recursive: true, force: true })
+  }
+  for (const signal of ['SIGINT', 'SIGTERM']) {
+    process.on(signal, () => {
+      console.error(`# ${signal}: stopping PostgreSQL`)
+      cleanUp().finally(() => process.exit(130))
+    })
+  }
+
+  const summaries = []
+  try {
+    let source = 'the working tree'
+    if (head) {
+      // Others may be editing the working tree: the last commit is a stable
+      // snapshot, and names what was measured.
+      const tree = path.join(scratch, 'tree')
+      await mkdir(tree, { recursive: true })
+      execFileSync('sh', ['-c', 'git archive HEAD | tar -x -C "$1"', 'sh', tree], { stdio: 'inherit' })
+      await symlink(path.join(root, 'node_modules'), path.join(tree, 'node_modules'), 'dir')
+      source = `commit ${execFileSync('git', ['rev-parse', '--short', 'HEAD']).toString().trim()}`
+      process.chdir(tree)
+    }
+    if (process.env.DATABASE_URL) {
+      console.log('# PostgreSQL from DATABASE_URL')
+    } else {
+      server = await startEmbeddedPostgres({ dir: path.join(scratch, 'pg') })
+      process.env.DATABASE_URL = server.url
+      console.log(`# embedded PostgreSQL on port ${server.port} (data in ${path.relative(root, server.dir)})`)
+    }
+    console.log(`# Node.js ${process.version}, ${new Date().toISOString()}, mutating ${source}`)
+    // A test file run by itself takes tap's default of 30 s; the suite's is 300 s.
+    process.env.TAP_TIMEOUT ??= '300'
+    // A mutant is killed by its first failing assertion: no need to run the rest.
+    process.env.TAP_BAIL ??= '1'
+    await mkdir(reports, { recursive: true })
+    for (const name of selected) summaries.push(await runGroup(name, GROUPS[name], source))
+  } finally {
+    await cleanUp()
+  }
+  console.log('\n# Summary')
+  for (const summary of summaries) console.log(summary.line)
+  process.exit(summaries.every((summary) => summary.ok) ? 0 : 1)
+
+  async function runGroup (name, group, source) {
+    const tests = await resolveTests(group.tests)
+    const sources = {}
+    const mutate = []
+    for (const entry of group.mutate) {
+      const file = typeof entry === 'string' ? entry : entry.file
+      sources[file] = await readFile(file, 'utf8')
+      if (typeof entry === 'string') mutate.push(file)
+      else for (const [from, to] of functionRanges(file, sources[file], entry.only)) mutate.push(`${file}:${from}-${to}`)
+    }
+    const node = `${shellQuote(process.execPath)} --import=./scripts/mutate.js`
+    const command = tests.map((test) => `${node} ${test}`).join(' && ')
+    console.log(`\n# group ${name}: mutating ${mutate.join(' ')}`)
+    console.log(`# tests: ${tests.join(' ')}`)
+    const started = Date.now()
+    const results = await new Stryker({
+      configFile: 'stryker.config.mjs',
+      mutate,
+      commandRunner: { command },
+      jsonReporter: { fileName: `reports/mutation/${name}.json` },
+      htmlReporter: { fileName: `reports/mutation/${name}.html` },
+      dryRunOnly,
+    }).runMutationTest()
+    const minutes = ((Date.now() - started) / 60_000).toFixed(1)
+    const count = (status) => results.filter((result) => result.status === status).length
+    const tally = {
+      mutants: results.length,
+      killed: count('Killed'),
+      survived: count('Survived'),
+      timeout: count('Timeout'),
+      noCoverage: count('NoCoverage'),
+      errors: count('CompileError') + count('RuntimeError'),
+      ignored: count('Ignored'),
+    }
+    const detected = tally.killed + tally.timeout
+    const valid = detected + tally.survived + tally.noCoverage
+    const score = valid === 0 ? 'n/a' : `${(100 * detected / valid).toFixed(2)} %`
+    const line = dryRunOnly
+      ? `${name}: dry run only (the mutant count is in Stryker's log above), ${minutes} min`
+      : `${name}: ${tally.mutants} mutants, ${tally.killed} killed, ${tally.survived} survived, ${tally.timeout} timed out, ${tally.noCoverage} without coverage, ${tally.errors} errors, ${tally.ignored} ignored; score ${score}; ${minutes} min`
+    const survivors = results
+      .filter((result) => result.status === 'Survived' || result.status === 'NoCoverage')
+      .sort((a, b) => a.fileName.localeCompare(b.fileName) || a.location.start.line - b.location.start.line || a.location.start.column - b.location.start.column)
+      .map((result) => {
+        const file = path.relative(process.cwd(), result.fileName)
+        const original = sources[file] === undefined ? '?' : excerpt(sources[file], result.location)
+        return `${file}:${result.location.start.line + 1}:${result.location.start.column + 1} ${result.mutatorName}: ${oneLine(original)} → ${oneLine(result.replacement ?? '')}`
+      })
+    const report = [
+      `# group ${name}`, '',
+      `- date: ${new Date(started).toISOString()}`,
+      `- Node.js ${process.version}`,
+      `- source: ${source}`,
+      `- mutated: ${mutate.join(' ')}`,
+      `- tests: ${tests.join(' ')}`,
+      `- ${line}`, '',
+      `## survivors (${survivors.length})`, '',
+      ...survivors.map((survivor) => `- ${survivor}`), '',
+    ].join('\n')
+    if (process.cwd() !== root) {
+      for (const ext of ['json', 'html']) await cp(`reports/mutation/${name}.${ext}`, path.join(reports, `${name}.${ext}`)).catch(() => {})
+    }
+    await writeFile(path.join(reports, `${name}.md`), report)
+    console.log(`\n${report}`)
+    return { line, ok: dryRunOnly || tally.survived + tally.noCoverage === 0 }
+  }
+
+  async function resolveTests (patterns) {
+    const files = []
+    for (const pattern of patterns) {
+      const star = pattern.indexOf('*')
+      if (star === -1) {
+        if (existsSync(pattern)) files.push(pattern)
+        continue
+      }
+      const dir = path.dirname(pattern)
+      const prefix = path.basename(pattern.slice(0, star))
+      const suffix = pattern.slice(star + 1)
+      for (const entry of (await readdir(dir)).sort()) {
+        if (entry.startsWith(prefix) && entry.endsWith(suffix)) files.push(path.join(dir, entry))
+      }
+    }
+    return [...new Set(files)]
+  }
+}
+
+/**
+ * The 1-based line ranges of the functions and methods named `names` in
+ * `source`: from the line that declares one to the first line after it that
+ * closes a block at the declaration's indentation (the code is laid out by
+ * `standard`, so that line is its end).
+ */
+function functionRanges (file, source, names) {
+  const lines = source.split('\n')
+  const ranges = []
+  for (const name of names) {
+    const declaration = new RegExp(`^(\\s*)(export\\s+)?(async\\s+)?(function\\s*\\*?\\s*)?(static\\s+)?(async\\s+)?(get\\s+|set\\s+)?#?${name.replace(/[$]/g, '\\$')}\\s*(<[^(]*>)?\\s*\\(`)
+    const start = lines.findIndex((line) => declaration.test(line))
+    if (start === -1) throw new Error(`${file}: no function or method named ${name}`)
+    const indent = declaration.exec(lines[start])[1]
+    let end = start
+    if (!lines[start].trimEnd().endsWith('}')) {
+      end = lines.findIndex((line, index) => index > start && line.startsWith(`${indent}}`))
+      if (end === -1) throw new Error(`${file}: the end of ${name} was not found`)
+    }
+    ranges.push([start + 1, end + 1])
+  }
+  return ranges
+}
+
+/** The text of `source` at a zero-based `location`. */
+function excerpt (source, { start, end }) {
+  const lines = source.split('\n')
+  if (start.line === end.line) return (lines[start.line] ?? '').slice(start.column, end.column)
+  return [(lines[start.line] ?? '').slice(start.column), ...lines.slice(start.line + 1, end.line), (lines[end.line] ?? '').slice(0, end.column)].join('\n')
+}
+
+function oneLine (text) {
+  const flat = text.replace(/\s+/g, ' ').trim()
+  return flat.length > 120 ? `${flat.slice(0, 117)}...` : flat
+}
+
+function shellQuote (text) {
+  return /^[\w@%+=:,./-]+$/.test(text) ? text : `'${text.replace(/'/g, `'\\''`)}'`
+}
+
+// Last, so that every declaration above is initialised.
+if (isMain) await main()
+else await mapJsToTs()
