@@ -55,7 +55,7 @@ t.test('UPDATE … FROM and DELETE … USING touch only the current instance', a
   const courses = await snapshot('course')
   await tenancy.runAsInstance(1, async () => {
     const update = db.updateTable('student as s').from('course as c').set({ name: sql`c.title` }).whereRef('c.id', '=', 's.course_id').returning(['s.id', 's.iid'])
-    t.equal(update.compile().sql, 'update "student" as "s" set "name" = c.title from "course" as "c" where "c"."id" = "s"."course_id" and "s"."iid" = $1 and "c"."iid" = $2 returning "s"."id", "s"."iid"')
+    t.equal(update.compile().sql, 'update "student" as "s" set "name" = c.title from "course" as "c" where ("c"."id" = "s"."course_id") and "s"."iid" = $1 and "c"."iid" = $2 returning "s"."id", "s"."iid"')
     const updated = await update.execute()
     t.same(updated.map((r) => r.iid), [1, 1, 1])
     t.throws(() => db.updateTable('student').set({ iid: 2 }).compile(), { code: 'TENANCY_MISMATCH' }, 'cannot move rows to another instance')

@@ -47,7 +47,7 @@ const HOST: InstanceFilterTarget = { kind: 'host' }
  * ```ts
  * const db = new Kysely<DB>({ dialect, plugins: [new InstanceFilterPlugin({ tables: { student: 'must', role: 'may' } })] })
  * await runAsInstance('shareTest', () => db.selectFrom('student as s').leftJoin('role as r', 'r.id', 's.role_id').selectAll('s').execute())
- * // select "s".* from "student" as "s" left join "role" as "r" on "r"."id" = "s"."role_id" and "r"."iid" = $1
+ * // select "s".* from "student" as "s" left join "role" as "r" on ("r"."id" = "s"."role_id") and "r"."iid" = $1
  * //   where "s"."iid" = $2   -- [2, 2]
  * ```
  */

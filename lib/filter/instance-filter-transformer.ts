@@ -1,9 +1,10 @@
 import {
   AliasNode, AndNode, BinaryOperationNode, CastNode, ColumnNode, DataTypeNode, FromNode, IdentifierNode, JoinNode,
-  OnNode, OperationNodeTransformer, OperatorNode, ParensNode, ReferenceNode, SelectionNode, SelectQueryNode,
-  TableNode, ValueListNode, ValueNode, ValuesNode, WhereNode,
-  type ColumnUpdateNode, type DeleteQueryNode, type InsertQueryNode, type MergeQueryNode, type OnConflictNode,
-  type OperationNode, type QueryId, type UpdateQueryNode, type WithNode,
+  OperationNodeTransformer, OperatorNode, ParensNode, PostgresQueryCompiler, ReferenceNode, SelectionNode,
+  SelectQueryNode, TableNode, UsingNode, ValueListNode, ValueNode, ValuesNode, WhereNode, createQueryId,
+  type ColumnUpdateNode, type DeleteQueryNode, type InsertQueryNode, type ListNode, type MergeQueryNode,
+  type OnConflictNode, type OperationNode, type QueryId, type RootOperationNode, type SelectModifierNode,
+  type UpdateQueryNode, type WithNode,
 } from 'kysely'
 import { HostContextError, MismatchError, NoContextError, UnknownTableError, UnsupportedStatementError, quote } from '../errors.js'
 import type { TenantTableKind, TenantTables } from './tenant-tables.js'
@@ -34,6 +35,10 @@ const LEAVES: ReadonlySet<string> = new Set([
 // The derived table an INSERT … SELECT is wrapped in to add the tenant column.
 const SOURCE = 'tenancy_source'
 
+// PostgreSQL cuts identifiers to 63 bytes: a longer name whose first 63 are the
+// tenant column names it.
+const MAX_IDENTIFIER = 63
+
 interface TableRef {
   readonly kind: TenantTableKind
   /** The table itself. */
@@ -61,8 +66,8 @@ const PREDICATE_CACHE_SIZE = 10_000
  *
  * ```ts
  * const transformer = new InstanceFilterTransformer(tables, 'iid')
- * transformer.confine(db.selectFrom('student').selectAll().toOperationNode(), { kind: 'instance', id: 2 })
- * // select * from "student" where "student"."iid" = $1   -- [2]
+ * transformer.confine(db.selectFrom('student').where('id', '=', 1).selectAll().toOperationNode(), { kind: 'instance', id: 2 })
+ * // select * from "student" where ("id" = $1) and "student"."iid" = $2   -- [1, 2]
  * ```
  */
 export class InstanceFilterTransformer extends OperationNodeTransformer {
@@ -132,7 +137,7 @@ export class InstanceFilterTransformer extends OperationNodeTransformer {
       const transformed = super.transformMergeQuery(node, queryId)
       // MERGE decides between UPDATE, DELETE and INSERT per row from its ON
       // condition: confining it soundly needs every branch rewritten, so it is refused.
-      const ref = this.#tableRef(transformed.into) ?? (transformed.using && this.#tableRef(transformed.using.table))
+      const ref = this.#tableRef(transformed.into, true) ?? (transformed.using && this.#tableRef(transformed.using.table))
       if (ref) throw new UnsupportedStatementError(`MERGE on the tenant table ${labelOf(ref)} cannot be confined to an instance: use INSERT … ON CONFLICT, UPDATE and DELETE, or unscoped() with an explicit ${this.#column}.`)
       return transformed
     })
@@ -169,8 +174,12 @@ export class InstanceFilterTransformer extends OperationNodeTransformer {
     return false
   }
 
-  /** The tenant table `node` names (a table or an aliased table), or `undefined`. */
-  #tableRef (node: OperationNode | undefined): TableRef | undefined {
+  /**
+   * The tenant table `node` names (a table or an aliased table), or `undefined`.
+   * The `target` of an INSERT, UPDATE, DELETE or MERGE is always a table:
+   * PostgreSQL never reads a CTE's name there.
+   */
+  #tableRef (node: OperationNode | undefined, target = false): TableRef | undefined {
     if (node === undefined) return undefined
     let table: TableNode
     let alias: string | undefined
@@ -185,7 +194,7 @@ export class InstanceFilterTransformer extends OperationNodeTransformer {
     }
     const name = table.table.identifier.name
     const schema = table.table.schema?.name
-    if (schema === undefined && this.#isCte(name)) return undefined
+    if (!target && schema === undefined && this.#isCte(name)) return undefined
     const kind = this.#tables.kind(name, schema)
     if (kind === undefined) {
       if (!this.#tables.isKnown(name, schema)) throw new UnknownTableError(quote(schema === undefined ? name : `${schema}.${name}`))
@@ -201,6 +210,12 @@ export class InstanceFilterTransformer extends OperationNodeTransformer {
     if (target.kind === 'none') throw new NoContextError(labelOf(ref))
     if (ref.kind === 'must') throw new HostContextError(labelOf(ref))
     return null
+  }
+
+  /** True when the column `name` is the tenant column for PostgreSQL. */
+  #isTenantColumn (name: string): boolean {
+    return name === this.#column ||
+      (this.#column.length === MAX_IDENTIFIER && name.length > MAX_IDENTIFIER && name.startsWith(this.#column))
   }
 
   /**
@@ -224,10 +239,16 @@ export class InstanceFilterTransformer extends OperationNodeTransformer {
     return predicate
   }
 
-  /** `condition and p1 and p2 …`, without this transformer's earlier predicates. */
+  /**
+   * `(condition) and p1 and p2 …`, without this transformer's earlier predicates.
+   * The condition is parenthesised whatever its node: a raw operand anywhere in
+   * it (`eb.not(sql\`a or b\`)`, `where('id', '=', sql\`1 or true\`)`) may hold
+   * an OR that would take the predicates into one of its branches. Only a
+   * ParensNode is left as it is: Kysely always prints it in parentheses.
+   */
   #and (condition: OperationNode | undefined, predicates: readonly OperationNode[]): OperationNode | undefined {
     let out = condition === undefined ? undefined : strip(condition)
-    if (out !== undefined && predicates.length > 0 && needsParens(out)) out = ParensNode.create(out)
+    if (out !== undefined && predicates.length > 0 && out.kind !== 'ParensNode') out = ParensNode.create(out)
     for (const predicate of predicates) out = out === undefined ? predicate : AndNode.create(out, predicate)
     return out
   }
@@ -267,37 +288,87 @@ export class InstanceFilterTransformer extends OperationNodeTransformer {
     return AliasNode.create(inner, IdentifierNode.create(ref.alias ?? ref.table.table.identifier.name))
   }
 
+  #derivedJoins (joins: readonly JoinNode[] | undefined): readonly JoinNode[] | undefined {
+    return joins?.map((join) => {
+      const table = this.#derived(join.table)
+      return table === join.table ? join : { ...join, table }
+    })
+  }
+
+  /**
+   * `node` with each tenant table of its FROM list and joins a confined derived
+   * table, and its WHERE without predicates of an earlier pass; with
+   * `branches`, its set operations' selects too.
+   */
+  #derive (node: SelectQueryNode, branches: boolean): SelectQueryNode {
+    return {
+      ...node,
+      from: node.from && FromNode.create(node.from.froms.map((item) => this.#derived(item))),
+      joins: this.#derivedJoins(node.joins),
+      where: this.#where(node.where, []),
+      setOperations: branches
+        ? node.setOperations?.map((operation) => operation.expression.kind === 'SelectQueryNode'
+          ? { ...operation, expression: this.#derive(operation.expression as SelectQueryNode, true) }
+          : operation)
+        : node.setOperations,
+    }
+  }
+
   #confineSelect (node: SelectQueryNode): SelectQueryNode {
-    const froms = node.from?.froms ?? []
+    // Raw text at the end (`modifyEnd`) follows the WHERE of this select, or of
+    // its last set operation, and may continue that condition (`or true`).
+    if (hasRawModifier(node.endModifiers)) return this.#derive(node, true)
     // A table on the preserved side of a RIGHT or FULL join cannot be confined
     // in WHERE (null-extended rows would vanish) nor in ON (its unmatched rows
     // would stay): every tenant table of such a query becomes a confined derived table.
-    if (node.joins?.some((join) => join.joinType === 'RightJoin' || join.joinType === 'FullJoin') === true) {
-      return {
-        ...node,
-        from: node.from && FromNode.create(froms.map((item) => this.#derived(item))),
-        joins: node.joins.map((join) => {
-          const table = this.#derived(join.table)
-          return table === join.table ? join : { ...join, table }
-        }),
-      }
-    }
-    return this.#confineWhere(node, froms)
+    if (preservesUnmatched(node.joins)) return this.#derive(node, false)
+    return this.#confineWhere(node, [], node.from?.froms ?? [])
   }
 
   #confineUpdate (node: UpdateQueryNode): UpdateQueryNode {
-    const target = this.#tableRef(node.table)
-    if (target) this.#checkUpdates(target, node.updates)
-    return this.#confineWhere(node, [node.table, ...node.from?.froms ?? []])
+    // `updateTable(['a', 'b'])` is a list; PostgreSQL refuses it, but it is confined all the same.
+    const targets = node.table?.kind === 'ListNode' ? (node.table as ListNode).items : [node.table]
+    for (const item of targets) {
+      const ref = this.#tableRef(item, true)
+      if (ref) this.#checkUpdates(ref, node.updates)
+    }
+    // The target itself is confined in WHERE, which no join of the FROM list
+    // reaches; the tables of the FROM list follow the rule of SELECT.
+    if (preservesUnmatched(node.joins)) {
+      node = { ...node, from: node.from && FromNode.create(node.from.froms.map((item) => this.#derived(item))), joins: this.#derivedJoins(node.joins) }
+      return this.#confineWrite(node, targets, [])
+    }
+    return this.#confineWrite(node, targets, node.from?.froms ?? [])
   }
 
   #confineDelete (node: DeleteQueryNode): DeleteQueryNode {
-    return this.#confineWhere(node, [...node.from.froms, ...node.using?.tables ?? []])
+    if (preservesUnmatched(node.joins)) {
+      node = { ...node, using: node.using && UsingNode.create(node.using.tables.map((item) => this.#derived(item))), joins: this.#derivedJoins(node.joins) }
+      return this.#confineWrite(node, node.from.froms, [])
+    }
+    return this.#confineWrite(node, node.from.froms, node.using?.tables ?? [])
   }
 
-  /** WHERE gets a predicate for each tenant table among `items`; joined tables get theirs in ON. */
-  #confineWhere<N extends { readonly joins?: readonly JoinNode[], readonly where?: WhereNode }> (node: N, items: ReadonlyArray<OperationNode | undefined>): N {
+  // Raw text after the WHERE of an UPDATE or DELETE may continue its condition
+  // (`or true`), and the target cannot become a derived table: refused.
+  #confineWrite<N extends UpdateQueryNode | DeleteQueryNode> (node: N, targets: ReadonlyArray<OperationNode | undefined>, items: ReadonlyArray<OperationNode | undefined>): N {
+    const out = this.#confineWhere(node, targets, items)
+    if (out !== node && out.endModifiers !== undefined && out.endModifiers.length > 0) {
+      throw new UnsupportedStatementError(`An ${node.kind === 'UpdateQueryNode' ? 'UPDATE' : 'DELETE'} of a tenant table cannot end with raw SQL (modifyEnd): it could change the condition that confines it. Use the builder's methods, or unscoped() with an explicit ${this.#column}.`)
+    }
+    return out
+  }
+
+  /**
+   * WHERE gets a predicate for each tenant table among `targets` (the tables an
+   * UPDATE or DELETE changes) and `items` (FROM items); joined tables get theirs in ON.
+   */
+  #confineWhere<N extends { readonly joins?: readonly JoinNode[], readonly where?: WhereNode }> (node: N, targets: ReadonlyArray<OperationNode | undefined>, items: ReadonlyArray<OperationNode | undefined>): N {
     const predicates: OperationNode[] = []
+    for (const item of targets) {
+      const ref = this.#tableRef(item, true)
+      if (ref) predicates.push(this.#predicate(ref))
+    }
     for (const item of items) {
       const ref = this.#tableRef(item)
       if (ref) predicates.push(this.#predicate(ref))
@@ -307,10 +378,22 @@ export class InstanceFilterTransformer extends OperationNodeTransformer {
     return { ...node, joins, where: this.#where(node.where, predicates) }
   }
 
-  /** An update may set the tenant column only to the value it already must hold. */
+  /**
+   * An update may set the tenant column only to the value it already must
+   * hold, however the column is named; a column that cannot be told apart
+   * from the tenant column is refused.
+   */
   #checkUpdates (ref: TableRef, updates: readonly ColumnUpdateNode[] | undefined): void {
     for (const update of updates ?? []) {
-      if (update.column.kind !== 'ColumnNode' || (update.column as ColumnNode).column.name !== this.#column) continue
+      const column = update.column
+      let names: readonly string[] | undefined
+      if (column.kind === 'ColumnNode') {
+        if (!this.#isTenantColumn((column as ColumnNode).column.name)) continue
+      } else if ((names = targetNames(column)) === undefined) {
+        throw new MismatchError(`An UPDATE of ${labelOf(ref)} sets a column given as ${column.kind} that cannot be told apart from ${this.#column}; name the column plainly.`)
+      } else if (!names.some((name) => this.#isTenantColumn(name))) {
+        continue
+      }
       const value = this.#value(ref)
       if (!sameValue(update.value, value)) {
         throw new MismatchError(`An UPDATE of ${labelOf(ref)} sets ${this.#column} to another instance than the current one (${String(value)}); rows cannot move between instances outside unscoped().`)
@@ -325,57 +408,74 @@ export class InstanceFilterTransformer extends OperationNodeTransformer {
   }
 
   #confineInsert (node: InsertQueryNode): InsertQueryNode {
-    const ref = this.#tableRef(node.into)
+    const ref = this.#tableRef(node.into, true)
     if (ref === undefined) return node
     const value = this.#value(ref)
-    const columns = node.columns ?? []
-    const index = columns.findIndex((column) => column.column.name === this.#column)
-    const mismatch = (): never => {
-      throw new MismatchError(`An INSERT into ${labelOf(ref)} names ${this.#column} other than the current instance's (${String(value)}); leave ${this.#column} out, it is filled in.`)
+    // Raw text at the end (`on conflict … do update …`) would escape the check of ON CONFLICT.
+    if (node.endModifiers !== undefined && node.endModifiers.length > 0) {
+      throw new UnsupportedStatementError(`An INSERT into the tenant table ${labelOf(ref)} cannot end with raw SQL (modifyEnd): use onConflict() and returning(), or unscoped() with an explicit ${this.#column}.`)
     }
-    let out: InsertQueryNode = node
-    if (node.values === undefined) {
-      // `default values`: the tenant column is the only one given.
-      out = { ...node, defaultValues: false, columns: [ColumnNode.create(this.#column)], values: ValuesNode.create([ValueListNode.create([this.#fill(value)])]) }
-    } else if (node.values.kind === 'ValuesNode') {
-      const rows = (node.values as ValuesNode).values.map((row) => {
-        const items: OperationNode[] = row.kind === 'PrimitiveValueListNode'
-          ? row.values.map((item) => ValueNode.create(item))
-          : [...row.values]
-        if (index < 0) {
-          items.push(this.#fill(value))
-        } else {
-          const item = items[index]!
-          if (own.has(item) || item.kind === 'DefaultInsertValueNode') items[index] = this.#fill(value)
-          else if (!sameValue(item, value)) mismatch()
-        }
-        return ValueListNode.create(items)
-      })
-      out = { ...node, columns: index < 0 ? [...columns, ColumnNode.create(this.#column)] : columns, values: ValuesNode.create(rows) }
-    } else if (node.values.kind === 'SelectQueryNode') {
-      let source = node.values as SelectQueryNode
-      if (index >= 0) {
-        // Only this transformer's own wrapper may name the column: the value of
-        // an arbitrary select cannot be checked before it runs.
-        const wrapped = source.from?.froms[0]
-        if (index !== columns.length - 1 || wrapped?.kind !== 'AliasNode' || (wrapped as AliasNode).alias.kind !== 'IdentifierNode' ||
-          ((wrapped as AliasNode).alias as IdentifierNode).name !== SOURCE) {
-          throw new MismatchError(`An INSERT … SELECT into ${labelOf(ref)} names ${this.#column}; leave it out, it is filled in with the current instance's.`)
-        }
-        source = (wrapped as AliasNode).node as SelectQueryNode
-      }
-      const fill = CastNode.create(this.#fill(value), DataTypeNode.create('bigint'))
-      own.add(fill)
-      const wrapper: SelectQueryNode = {
-        ...SelectQueryNode.createFrom([AliasNode.create(source, IdentifierNode.create(SOURCE))]),
-        selections: [SelectionNode.createSelectAllFromTable(TableNode.create(SOURCE)), SelectionNode.create(fill as never)],
-      }
-      out = { ...node, columns: index < 0 ? [...columns, ColumnNode.create(this.#column)] : columns, values: wrapper }
-    } else {
-      mismatch()
-    }
+    let out: InsertQueryNode
+    if (node.values === undefined) out = this.#insertDefaults(node, value)
+    else if (node.values.kind === 'ValuesNode') out = this.#insertRows(ref, node, node.values as ValuesNode, value)
+    else if (node.values.kind === 'SelectQueryNode') out = this.#insertSelect(ref, node, node.values as SelectQueryNode, value)
+    else throw this.#insertMismatch(ref, value)
     if (out.onConflict?.updates !== undefined) out = { ...out, onConflict: this.#confineOnConflict(ref, out.onConflict) }
     return out
+  }
+
+  #insertMismatch (ref: TableRef, value: number | null): Error {
+    return new MismatchError(`An INSERT into ${labelOf(ref)} names ${this.#column} other than the current instance's (${String(value)}); leave ${this.#column} out, it is filled in.`)
+  }
+
+  /** `default values`: the tenant column is the only one given. */
+  #insertDefaults (node: InsertQueryNode, value: number | null): InsertQueryNode {
+    return { ...node, defaultValues: false, columns: [ColumnNode.create(this.#column)], values: ValuesNode.create([ValueListNode.create([this.#fill(value)])]) }
+  }
+
+  /** `values (…), (…)`: each row gets the value, or must already hold it. */
+  #insertRows (ref: TableRef, node: InsertQueryNode, values: ValuesNode, value: number | null): InsertQueryNode {
+    const columns = node.columns ?? []
+    const index = columns.findIndex((column) => this.#isTenantColumn(column.column.name))
+    const rows = values.values.map((row) => {
+      const items: OperationNode[] = row.kind === 'PrimitiveValueListNode'
+        ? row.values.map((item) => ValueNode.create(item))
+        : [...row.values]
+      if (index < 0) {
+        items.push(this.#fill(value))
+      } else {
+        const item = items[index]
+        if (item === undefined) throw this.#insertMismatch(ref, value)
+        if (own.has(item) || item.kind === 'DefaultInsertValueNode') items[index] = this.#fill(value)
+        else if (!sameValue(item, value)) throw this.#insertMismatch(ref, value)
+      }
+      return ValueListNode.create(items)
+    })
+    return { ...node, columns: index < 0 ? [...columns, ColumnNode.create(this.#column)] : columns, values: ValuesNode.create(rows) }
+  }
+
+  /** `insert … select`: the select becomes a derived table and the value its last column. */
+  #insertSelect (ref: TableRef, node: InsertQueryNode, select: SelectQueryNode, value: number | null): InsertQueryNode {
+    const columns = node.columns ?? []
+    const index = columns.findIndex((column) => this.#isTenantColumn(column.column.name))
+    let source = select
+    if (index >= 0) {
+      // Only this transformer's own wrapper may name the column: the value of
+      // an arbitrary select cannot be checked before it runs.
+      const wrapper = source.from?.froms[0]
+      if (index !== columns.length - 1 || wrapper?.kind !== 'AliasNode' || (wrapper as AliasNode).alias.kind !== 'IdentifierNode' ||
+        ((wrapper as AliasNode).alias as IdentifierNode).name !== SOURCE) {
+        throw new MismatchError(`An INSERT … SELECT into ${labelOf(ref)} names ${this.#column}; leave it out, it is filled in with the current instance's.`)
+      }
+      source = (wrapper as AliasNode).node as SelectQueryNode
+    }
+    const fill = CastNode.create(this.#fill(value), DataTypeNode.create('bigint'))
+    own.add(fill)
+    const wrapper: SelectQueryNode = {
+      ...SelectQueryNode.createFrom([AliasNode.create(source, IdentifierNode.create(SOURCE))]),
+      selections: [SelectionNode.createSelectAllFromTable(TableNode.create(SOURCE)), SelectionNode.create(fill as never)],
+    }
+    return { ...node, columns: index < 0 ? [...columns, ColumnNode.create(this.#column)] : columns, values: wrapper }
   }
 
   // ON CONFLICT … DO UPDATE meets the existing row, which may belong to another
@@ -386,6 +486,20 @@ export class InstanceFilterTransformer extends OperationNodeTransformer {
     const condition = this.#and(node.updateWhere?.where, [this.#predicate(ref, true)])!
     return { ...node, updateWhere: WhereNode.create(condition) }
   }
+}
+
+/** True when a join keeps rows of a table that its ON condition does not match: RIGHT and FULL. */
+function preservesUnmatched (joins: readonly JoinNode[] | undefined): boolean {
+  if (joins === undefined) return false
+  for (const join of joins) if (join.joinType === 'RightJoin' || join.joinType === 'FullJoin') return true
+  return false
+}
+
+/** True when a select ends with raw text (`modifyEnd`), which follows WHERE directly. */
+function hasRawModifier (modifiers: readonly SelectModifierNode[] | undefined): boolean {
+  if (modifiers === undefined) return false
+  for (const modifier of modifiers) if (modifier.rawModifier !== undefined) return true
+  return false
 }
 
 /** `condition` without the predicates {@link InstanceFilterTransformer} added to it earlier. */
@@ -403,15 +517,38 @@ function strip (condition: OperationNode): OperationNode | undefined {
   return condition
 }
 
-function needsParens (condition: OperationNode): boolean {
-  return condition.kind !== 'BinaryOperationNode' && condition.kind !== 'AndNode' && condition.kind !== 'ParensNode' &&
-    condition.kind !== 'UnaryOperationNode'
-}
-
 /** True when `node` is a plain value equal to `value`. */
 function sameValue (node: OperationNode, value: number | null): boolean {
   if (node.kind !== 'ValueNode') return false
   const given = (node as ValueNode).value
   if (value === null) return given === null
   return (typeof given === 'number' || typeof given === 'bigint' || typeof given === 'string') && String(given) === String(value)
+}
+
+const compiler = new PostgresQueryCompiler()
+const COMPILE_ID = createQueryId()
+// PostgreSQL's whitespace, an identifier (quoted, or unquoted and folded to lower
+// case), and what may follow a SET target's column: a field, a subscript, nothing.
+const TARGET_START = /^[ \t\n\r\f\v]*(?:"((?:[^"]|"")+)"|([A-Za-z_\u0080-\uffff][A-Za-z0-9_$\u0080-\uffff]*))/
+const TARGET_NEXT = /^[ \t\n\r\f\v]*(?:\.[ \t\n\r\f\v]*(?:"((?:[^"]|"")+)"|([A-Za-z_\u0080-\uffff][A-Za-z0-9_$\u0080-\uffff]*)))/
+
+/**
+ * The names of a SET target that is not a plain `ColumnNode` (`set('t.iid', …)`,
+ * `eb.ref(…)`, `sql.ref(…)`, raw text), read from the SQL PostgreSQL will see:
+ * the column and every field after it, since `set t.iid` is column `t`, field
+ * `iid`. `undefined` when the text does not start with a plain name followed by
+ * a field, a subscript or nothing.
+ */
+function targetNames (column: OperationNode): readonly string[] | undefined {
+  const text = compiler.compileQuery(column as RootOperationNode, COMPILE_ID).sql
+  const names: string[] = []
+  let match = TARGET_START.exec(text)
+  let rest = text
+  while (match !== null) {
+    names.push(match[1] === undefined ? match[2]!.replace(/[A-Z]+/g, (upper) => upper.toLowerCase()) : match[1].replaceAll('""', '"'))
+    rest = rest.slice(match[0].length)
+    match = TARGET_NEXT.exec(rest)
+  }
+  if (names.length === 0 || !/^(?:$|[ \t\n\r\f\v[])/.test(rest)) return undefined
+  return names
 }
