@@ -4,8 +4,9 @@
 // iid, no branching on the instance. The tenancy confines and routes them.
 import Fastify, { type FastifyInstance } from 'fastify'
 import pg from 'pg'
-import { sql, type Generated } from 'kysely'
-import tenancy, { createTenancy, type InstanceConfig, type InstanceDatabase } from '../plugin/index.js'
+import { sql, type Generated, type Kysely } from 'kysely'
+import type { MigrationProvider } from 'kysely/migration'
+import tenancy, { createTenancy, type InstanceConfig, type InstanceDatabase, type Tenancy } from '../plugin/index.js'
 
 // The tables as they are; InstanceDatabase makes `iid` optional on insert,
 // since the tenant filter fills it in.
@@ -23,6 +24,29 @@ export const demoInstances: InstanceConfig[] = [
   { name: 'shareTest', id: 2, title: 'Shares the default database' },
   { name: 'isolateTest', id: 1000, title: 'Has a database of its own', isolate: true, isolateClient: 'isolateTest' },
 ]
+
+// The demo's tables, as instance migrations: `t.migrate()` runs them once on
+// the shared tables ('' and shareTest) and once in isolateTest's database,
+// each with its own kysely_migration table. `ifNotExists` adopts a database
+// made by an earlier version of the demo, which created the table by hand.
+export const demoMigrations: MigrationProvider = {
+  getMigrations: async () => ({
+    '001_student': {
+      async up (db: Kysely<any>) {
+        await db.schema.createTable('student').ifNotExists()
+          .addColumn('id', 'serial', (c) => c.primaryKey())
+          .addColumn('iid', 'integer', (c) => c.notNull())
+          .addColumn('name', 'text', (c) => c.notNull())
+          .addColumn('created_at', 'timestamptz', (c) => c.notNull().defaultTo(sql`now()`))
+          .execute()
+        await db.schema.createIndex('student_iid').ifNotExists().on('student').column('iid').execute()
+      },
+      async down (db: Kysely<any>) {
+        await db.schema.dropTable('student').execute()
+      },
+    },
+  }),
+}
 
 const seed: Record<string, string[]> = { '': ['Ada', 'Grace'], shareTest: ['Linus', 'Ken'], isolateTest: ['Barbara', 'Edsger'] }
 
@@ -44,7 +68,7 @@ async function ensureDatabase (server: string, target: string): Promise<void> {
  * `serverUrl`: the default database is `<database>` (or `tenancy_demo` on the
  * maintenance database `postgres`), the isolated one `<that>_isolate`.
  */
-export async function buildDemo (serverUrl: string, logger: boolean | object = false): Promise<{ app: FastifyInstance, defaultUrl: string, isolateUrl: string }> {
+export async function buildDemo (serverUrl: string, logger: boolean | object = false): Promise<{ app: FastifyInstance, defaultUrl: string, isolateUrl: string, migrations: Awaited<ReturnType<Tenancy['migrate']>> }> {
   const databaseUrl = (name: string): string => {
     const parsed = new URL(serverUrl)
     parsed.pathname = '/' + name
@@ -57,23 +81,19 @@ export async function buildDemo (serverUrl: string, logger: boolean | object = f
   await ensureDatabase(serverUrl, defaultUrl)
   await ensureDatabase(serverUrl, isolateUrl)
 
+  // No tables option: the tenant tables are discovered, again after migrations that change them.
   const t = await createTenancy({
     instances: demoInstances,
     datasources: { default: defaultUrl, isolateTest: isolateUrl },
-    tables: { student: 'must' },
+    migrations: { instance: demoMigrations },
   })
   const db = t.kysely<DemoDB>()
 
-  // Schema set-up runs once per database, outside the tenant filter.
-  for (const name of ['', 'isolateTest']) {
-    await t.runAsInstance(name, () => t.unscoped(async () => {
-      await db.schema.createTable('student').ifNotExists()
-        .addColumn('id', 'serial', (c) => c.primaryKey())
-        .addColumn('iid', 'integer', (c) => c.notNull())
-        .addColumn('name', 'text', (c) => c.notNull())
-        .addColumn('created_at', 'timestamptz', (c) => c.notNull().defaultTo(sql`now()`))
-        .execute()
-    }))
+  const migrations = await t.migrate()
+  if (!migrations.ok) {
+    await t.close()
+    const failed = migrations.targets.filter((target) => target.status !== 'success')
+    throw new Error(`The demo's migrations failed: ${failed.map((target) => `${target.target} ${target.status} ${String(target.error)}`).join('; ')}`)
   }
 
   // A few students for each instance, the first time.
@@ -108,5 +128,5 @@ export async function buildDemo (serverUrl: string, logger: boolean | object = f
     return reply.code(201).send(student)
   })
 
-  return { app, defaultUrl, isolateUrl }
+  return { app, defaultUrl, isolateUrl, migrations }
 }

@@ -4,7 +4,11 @@ import { buildDemo } from './demo-app.js'
 const url = process.env.DATABASE_URL
 if (!url) throw new Error('Set DATABASE_URL, or run `npm start`, which starts an embedded PostgreSQL.')
 const port = Number(process.env.PORT ?? 3000)
-const { app } = await buildDemo(url, { level: process.env.LOG_LEVEL ?? 'info' })
+const { app, migrations } = await buildDemo(url, { level: process.env.LOG_LEVEL ?? 'info' })
+for (const target of migrations.targets) {
+  const ran = target.results.filter((result) => result.status === 'Success').map((result) => result.migrationName)
+  app.log.info(`migrations: ${target.target} (${target.instances.map((name) => JSON.stringify(name)).join(', ')}): ${ran.length > 0 ? `ran ${ran.join(', ')}` : 'up to date'}`)
+}
 
 for (const signal of ['SIGINT', 'SIGTERM'] as const) {
   process.once(signal, () => {

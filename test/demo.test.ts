@@ -5,7 +5,7 @@ import { buildDemo } from '../examples/demo-app.js'
 import { adminQuery, createDatabase, query } from './helpers/database.js'
 
 const server = await createDatabase(t, 'demo')
-const { app, defaultUrl, isolateUrl } = await buildDemo(server)
+const { app, defaultUrl, isolateUrl, migrations } = await buildDemo(server)
 t.teardown(async () => {
   await app.close()
   await adminQuery(`drop database if exists "${new URL(isolateUrl).pathname.slice(1)}" with (force)`)
@@ -16,6 +16,17 @@ const names = async (instance: string | undefined): Promise<string[]> => {
   t.equal(res.statusCode, 200)
   return res.json().map((row: { name: string }) => row.name)
 }
+
+t.test('the tables come from migrations: once on the shared tables, once in the isolated database', async (t) => {
+  t.same(migrations.targets.map((target) => [target.target, target.instances, target.status, target.results.map((result) => result.migrationName)]), [
+    ['shared:default', ['', 'shareTest'], 'success', ['001_student']],
+    ['isolated:isolateTest', ['isolateTest'], 'success', ['001_student']],
+  ])
+  for (const url of [defaultUrl, isolateUrl]) t.same(await query(url, 'select name from kysely_migration'), [{ name: '001_student' }])
+  const again = await buildDemo(server)
+  t.teardown(() => again.app.close())
+  t.same(again.migrations.targets.map((target) => [target.target, target.status, target.results]), [['shared:default', 'success', []], ['isolated:isolateTest', 'success', []]], 'a restart finds nothing to do')
+})
 
 t.test('each instance lists only its own students', async (t) => {
   t.same(await names(undefined), ['Ada', 'Grace'])
