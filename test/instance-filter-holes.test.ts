@@ -285,3 +285,28 @@ t.test('INSERT rows shorter than the column list naming the tenant column are re
     t.throws(() => db.insertInto('student').values({ id: 60, name: 'x' }).columns(['id', 'name', 'iid']).compile(), { code: 'TENANCY_MISMATCH' })
   })
 })
+
+t.test('a raw statement or CREATE TABLE … AS holding a builder made under another instance is confined again', async (t) => {
+  await reset()
+  const raw = await tenancy.runAsInstance('a', () => sql<{ iid: number }>`select iid from (${db.selectFrom('student').select('iid')}) x`)
+  const copy = await tenancy.runAsInstance('a', () => db.schema.createTable('student_copy').as(db.selectFrom('student').select(['id', 'iid'])))
+  t.teardown(() => query(url, 'drop table if exists student_copy'))
+  await tenancy.runAsInstance('b', async () => {
+    const compiled = raw.compile(db)
+    t.equal(compiled.sql, 'select iid from ((select "iid" from "student" where "student"."iid" = $1)) x')
+    t.same(compiled.parameters, [2])
+    t.same((await raw.execute(db)).rows, [{ iid: 2 }, { iid: 2 }, { iid: 2 }, { iid: 2 }])
+    t.equal(copy.compile().sql, 'create table "student_copy" as select "id", "iid" from "student" where "student"."iid" = $1')
+    await copy.execute()
+  })
+  t.same(await query(url, 'select iid, count(*)::int as n from student_copy group by iid'), [{ iid: 2, n: 4 }], 'the copy holds instance 2\'s rows only')
+  await tenancy.runAsHost(async () => {
+    await t.rejects(raw.execute(db), { code: 'TENANCY_HOST_CONTEXT' })
+  })
+  await t.rejects(raw.execute(db), { code: 'TENANCY_NO_CONTEXT' })
+  // Raw text with values only is handed on as it is.
+  const plain = sql`select ${1}::int as n`
+  await tenancy.runAsInstance('b', async () => {
+    t.equal(plain.compile(db).query, plain.toOperationNode())
+  })
+})

@@ -33,11 +33,17 @@ export interface InstanceFilterPluginOptions {
 const NO_CONTEXT: InstanceFilterTarget = { kind: 'none' }
 const HOST: InstanceFilterTarget = { kind: 'host' }
 
+function targetOf (context: TenancyContext | undefined): InstanceFilterTarget {
+  if (context === undefined) return NO_CONTEXT
+  return context.kind === 'host' || context.instance === undefined ? HOST : { kind: 'instance', id: context.instance.id }
+}
+
 /**
  * Confines every query to the current context's instance: each reference to a
  * tenant table, wherever it stands in the statement (FROM, JOINs, subqueries,
  * CTEs, set operations, UPDATE … FROM, DELETE … USING, INSERT … SELECT, ON
- * CONFLICT), gets `<alias>.iid = <instance id>`; INSERT fills `iid`. In host
+ * CONFLICT, builders inside raw statements, `create table … as select`), gets
+ * `<alias>.iid = <instance id>`; INSERT fills `iid`. In host
  * context `may` tables get `iid is null` and `must` tables throw
  * `TENANCY_HOST_CONTEXT`; in `unscoped` the filter is off; with no context a
  * tenant table throws `TENANCY_NO_CONTEXT`. Errors are raised while the query
@@ -73,21 +79,21 @@ export class InstanceFilterPlugin implements KyselyPlugin {
     if (context?.kind === 'unscoped') return args.node
     const node = args.node
     switch (node.kind) {
+      case 'RawNode':
+        this.#guard?.check(node)
+        // A builder inside the raw text (`sql\`… ${db.selectFrom(…)}\``) was
+        // confined when the text was made, perhaps under another instance.
+        return this.#transformer.confine(node, targetOf(context), args.queryId)
       case 'SelectQueryNode':
       case 'InsertQueryNode':
       case 'UpdateQueryNode':
       case 'DeleteQueryNode':
-      case 'MergeQueryNode': {
-        const target: InstanceFilterTarget = context === undefined
-          ? NO_CONTEXT
-          : context.kind === 'host' || context.instance === undefined ? HOST : { kind: 'instance', id: context.instance.id }
-        return this.#transformer.confine(node, target, args.queryId)
-      }
-      case 'RawNode':
-        this.#guard?.check(node)
-        return node
+      case 'MergeQueryNode':
+      // `create table … as select` copies rows: its select is confined like any other.
+      case 'CreateTableNode':
+        return this.#transformer.confine(node, targetOf(context), args.queryId)
       default:
-        // Schema statements (create table, …) name no rows.
+        // Other schema statements name no rows.
         return node
     }
   }

@@ -3,7 +3,7 @@ import {
   OperationNodeTransformer, OperatorNode, ParensNode, PostgresQueryCompiler, ReferenceNode, SelectionNode,
   SelectQueryNode, TableNode, UsingNode, ValueListNode, ValueNode, ValuesNode, WhereNode, createQueryId,
   type ColumnUpdateNode, type DeleteQueryNode, type InsertQueryNode, type ListNode, type MergeQueryNode,
-  type OnConflictNode, type OperationNode, type QueryId, type RootOperationNode, type SelectModifierNode,
+  type OnConflictNode, type OperationNode, type QueryId, type RawNode, type RootOperationNode, type SelectModifierNode,
   type UpdateQueryNode, type WithNode,
 } from 'kysely'
 import { HostContextError, MismatchError, NoContextError, UnknownTableError, UnsupportedStatementError, quote } from '../errors.js'
@@ -114,6 +114,12 @@ export class InstanceFilterTransformer extends OperationNodeTransformer {
 
   protected override transformCast (node: CastNode, queryId?: QueryId): CastNode {
     return own.has(node) ? node : super.transformCast(node, queryId)
+  }
+
+  // Raw text whose parameters are all values (the usual case) holds no query to confine.
+  protected override transformRaw (node: RawNode, queryId?: QueryId): RawNode {
+    for (const parameter of node.parameters) if (!LEAVES.has(parameter.kind)) return super.transformRaw(node, queryId)
+    return node
   }
 
   protected override transformSelectQuery (node: SelectQueryNode, queryId?: QueryId): SelectQueryNode {
