@@ -257,6 +257,29 @@ t.test('a database that is down: its target says so with a 503, the others migra
   t.same(gone.instances, ['gone'])
   for (const key of INSTANCE_TARGETS) t.same(ran(byTarget(report)[key]), ['003_backfill'], key)
   t.equal(report.ok, false)
+  const status = await withDown.migrationStatus()
+  const goneStatus = status.find((entry) => entry.target === 'isolated:gone')!
+  t.match(goneStatus, { version: null, executed: [], pending: [], error: { code: 'TENANCY_DATASOURCE_UNAVAILABLE', statusCode: 503 } })
+  t.same(status.filter((entry) => entry.error !== undefined).map((entry) => entry.target), ['isolated:gone'], 'the others are read')
+})
+
+t.test('a migration that changes search_path cannot send the next one to public', async (t) => {
+  const provider = {
+    getMigrations: async () => ({
+      '001_wander': { async up (db: any) { await sql`set search_path to public`.execute(db) } },
+      '002_table': { async up (db: any) { await db.schema.createTable('landed').addColumn('x', 'integer').execute() } },
+    }),
+  }
+  const wander = await createTenancy({
+    instances: [{ name: 'w', id: 1, schema: 'tenant_wander' }],
+    datasources: { default: main },
+    tables: {},
+    migrations: { instance: provider, tableName: 'wander_migration' },
+  })
+  t.teardown(() => wander.close())
+  const report = await wander.migrate()
+  t.same(ran(report.targets[0]), ['001_wander', '002_table'])
+  t.same(await query(main, "select schemaname from pg_tables where tablename = 'landed'"), [{ schemaname: 'tenant_wander' }])
 })
 
 t.test('two migrate() calls at once never run a target\'s migration twice', async (t) => {
