@@ -60,7 +60,7 @@ const GROUPS = {
       { file: 'lib/routing/routing-pool.ts', only: ['connect'] },
       // Of the statement reader, the top of it: the walk over the parse tree
       // (nodeChangesSession) and its name lists are another 100 mutants.
-      { file: 'lib/routing/session-state.ts', only: ['sessionTarget', 'changesTo', 'applied', 'observe', 'changesSession', 'statementChangesSession', 'setConfigChangesSession'] },
+      { file: 'lib/routing/session-state.ts', only: ['CHANGES_SESSION', 'sessionTarget', 'changesTo', 'applied', 'observe', 'changesSession', 'statementChangesSession', 'setConfigChangesSession'] },
       { file: 'lib/routing/pool-manager.ts', only: ['release'] },
     ],
     tests: ['test/routing-session.test.ts', 'test/session-state.test.ts', 'test/session-state-*.test.ts', 'test/routing-transactions.test.ts', 'test/pool-manager.test.ts', 'test/pool-manager-*.test.ts', 'test/routing-hybrid.test.ts', 'test/routing-*.test.ts'],
