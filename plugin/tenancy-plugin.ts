@@ -2,7 +2,8 @@ import fp from 'fastify-plugin'
 import type { FastifyInstance, FastifyReply, FastifyRequest, HookHandlerDoneFunction } from 'fastify'
 import { withoutContext } from '../lib/context.js'
 import { InvalidOptionsError } from '../lib/errors.js'
-import { createInstanceResolver, type ResolveOptions, type Resolution } from '../lib/resolve/instance-resolver.js'
+import type { ResolveOptions, Resolution } from '../lib/resolve/instance-resolver.js'
+import { requestResolver, type RequestResolver, type TokenOptions } from './instance-binding.js'
 
 import { createTenancy, Tenancy, type TenancyOptions } from '../lib/tenancy.js'
 import '../types/fastify.js'
@@ -14,6 +15,8 @@ import '../types/fastify.js'
 export type TenancyPluginOptions = ({ tenancy: Tenancy } | TenancyOptions) & {
   /** How a request's instance is found. Defaults to the chain in the README. */
   resolve?: ResolveOptions
+  /** With `resolve.claim`: how tokens are read, and whether host tokens may act on instances. Defaults to `request.jwtVerify()`, no host access. */
+  tokens?: TokenOptions
   /** Close the tenancy (and every pool it opened) when Fastify closes. Defaults to `true`. */
   closeOnShutdown?: boolean
 }
@@ -21,15 +24,15 @@ export type TenancyPluginOptions = ({ tenancy: Tenancy } | TenancyOptions) & {
 async function tenancyPlugin (fastify: FastifyInstance, options: TenancyPluginOptions): Promise<void> {
   if (options === null || typeof options !== 'object') throw new InvalidOptionsError('the plugin needs an options object')
   let tenancy: Tenancy
-  let resolve: ReturnType<typeof createInstanceResolver>
+  let resolve: RequestResolver
   if ('tenancy' in options) {
     if (!(options.tenancy instanceof Tenancy)) throw new InvalidOptionsError('tenancy must be made by createTenancy()')
     tenancy = options.tenancy
-    resolve = createInstanceResolver(tenancy.instances, options.resolve)
+    resolve = requestResolver(tenancy.instances, options)
   } else {
     tenancy = await createTenancy(options)
     try {
-      resolve = createInstanceResolver(tenancy.instances, options.resolve)
+      resolve = requestResolver(tenancy.instances, options)
     } catch (err) {
       // The tenancy made here would otherwise keep its pools open.
       await tenancy.close()

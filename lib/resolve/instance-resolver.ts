@@ -1,4 +1,4 @@
-import { InvalidInstanceNameError, InvalidOptionsError, InstanceRequiredError, quote } from '../errors.js'
+import { InvalidInstanceNameError, InvalidOptionsError, InstanceForbiddenError, InstanceRequiredError, UnknownInstanceError, quote } from '../errors.js'
 import { isValidInstanceName, type Instance } from '../instances/instance.js'
 import { requireInstance, type InstanceStore } from '../instances/instance-registry.js'
 
@@ -15,6 +15,8 @@ export interface ResolveRequest {
   readonly url: string
   /** The connection, for the port the request arrived on. */
   readonly socket?: { readonly localPort?: number }
+  /** The verified claims of the request's token, for the `claim` resolver (`request.user`, set by `@fastify/jwt`'s `request.jwtVerify()`). */
+  readonly user?: unknown
 }
 
 /**
@@ -25,11 +27,19 @@ export interface ResolveRequest {
 export type InstanceResolver = (request: ResolveRequest) => unknown
 
 /** The built-in resolvers, by the names `order` uses. */
-export type ResolverName = 'custom' | 'query' | 'header' | 'cookie' | 'path' | 'port' | 'host'
+export type ResolverName = 'claim' | 'custom' | 'query' | 'header' | 'cookie' | 'path' | 'port' | 'host'
 
 /** Options of the resolver chain: the plugin's `resolve` option. */
 export interface ResolveOptions {
-  /** A custom resolver, tried first: returns a name, or `undefined` to pass. May be async. Defaults to none. */
+  /**
+   * The claim of the request's verified token (`request.user`) that holds the
+   * instance's id, tried first; `'host'` there marks a host token, which
+   * names no instance. With the plugin, a request whose token names one
+   * instance and asks for another gets 403 `TENANCY_INSTANCE_FORBIDDEN` (see
+   * `createInstanceBinding`). Defaults to `false`.
+   */
+  claim?: string | false
+  /** A custom resolver: returns a name, or `undefined` to pass. May be async. Defaults to none. */
   getInstanceName?: (request: ResolveRequest) => string | undefined | Promise<string | undefined>
   /** The query field holding the name, or `false`. Defaults to `'x-instance-name'`. */
   queryField?: string | false
@@ -43,7 +53,7 @@ export interface ResolveOptions {
   ports?: Record<number, string> | false
   /** Labels of the host name that are the site's own domain (`1`: `store.cabloy.com` → `cabloy.store`), or `false`. Defaults to `1`. */
   subdomainOffset?: number | false
-  /** The order resolvers are tried in; functions are custom resolvers. Defaults to `['custom', 'query', 'header', 'cookie', 'path', 'port', 'host']`. */
+  /** The order resolvers are tried in; functions are custom resolvers. Defaults to `['claim', 'custom', 'query', 'header', 'cookie', 'path', 'port', 'host']`. */
   order?: ReadonlyArray<ResolverName | InstanceResolver>
   /** What a request that names no instance gets: the default instance `''`, host context, or 400 `TENANCY_INSTANCE_REQUIRED`. Defaults to `'default'`. */
   fallback?: 'default' | 'host' | 'reject'
@@ -52,7 +62,7 @@ export interface ResolveOptions {
 /** Where a request runs: an instance, or host context. */
 export type Resolution = Instance | null
 
-const DEFAULT_ORDER: readonly ResolverName[] = ['custom', 'query', 'header', 'cookie', 'path', 'port', 'host']
+const DEFAULT_ORDER: readonly ResolverName[] = ['claim', 'custom', 'query', 'header', 'cookie', 'path', 'port', 'host']
 const IPV4 = /^\d{1,3}(\.\d{1,3}){3}$/
 
 /**
@@ -107,6 +117,19 @@ function byFoldedName (store: InstanceStore): Map<string, string | undefined> {
 
 function builtIn (name: ResolverName, options: ResolveOptions, store: InstanceStore): InstanceResolver | undefined {
   switch (name) {
+    case 'claim': {
+      const claim = options.claim ?? false
+      if (claim === false) return undefined
+      return (request) => {
+        const value = request.user !== null && typeof request.user === 'object' ? (request.user as Record<string, unknown>)[claim] : undefined
+        if (value === undefined || value === 'host') return undefined
+        // Ids, never names: an id is never reused, so a token outliving its instance reaches no later one of the same name.
+        if (typeof value !== 'number' || !Number.isSafeInteger(value) || value <= 0) throw new InstanceForbiddenError(`its claim ${claim} is ${quote(value)}, not an instance id.`)
+        const instance = store.byId(value)
+        if (instance === undefined) throw new UnknownInstanceError(quote(value))
+        return instance.name
+      }
+    }
     case 'custom':
       return options.getInstanceName
     case 'query': {
@@ -165,7 +188,7 @@ function validate (options: ResolveOptions): void {
   const fail = (reason: string): never => { throw new InvalidOptionsError(`resolve.${reason}`) }
   if (options === null || typeof options !== 'object') fail(' must be an object')
   if (options.getInstanceName !== undefined && typeof options.getInstanceName !== 'function') fail('getInstanceName must be a function')
-  for (const key of ['queryField', 'headerField', 'cookie'] as const) {
+  for (const key of ['claim', 'queryField', 'headerField', 'cookie'] as const) {
     const value = options[key]
     if (value !== undefined && value !== false && (typeof value !== 'string' || value === '')) fail(`${key} must be a non-empty string or false`)
   }
