@@ -18,6 +18,14 @@ export type InstanceName = [keyof InstanceRecord] extends [never] ? string : Ext
 /** How an instance's rows are stored. */
 export type InstanceMode = 'shared' | 'isolated' | 'schema'
 
+/**
+ * Where an instance stands in its lifecycle: `provisioning` (being created:
+ * requests get 503), `ready`, `failed` (its creation stopped half-way: 503
+ * until a retry completes it or it is removed), `removed` (removed without
+ * `drop`: no lookup finds it, its data stays). Configured instances are `ready`.
+ */
+export type InstanceState = 'provisioning' | 'ready' | 'failed' | 'removed'
+
 /** An instance as configured. */
 export interface InstanceConfig {
   /** Unique; `''` is the default instance. At most 63 of `[A-Za-z0-9._-]`, not starting with a dot. */
@@ -58,6 +66,14 @@ export interface Instance {
   /** Its database role, or `null`. */
   readonly role: string | null
   readonly disabled: boolean
+  /**
+   * Its lifecycle state; only `ready` instances serve requests and jobs. Not
+   * enumerable, so it is not in JSON. A store written before states existed
+   * may leave it out, which means `ready`.
+   */
+  readonly state?: InstanceState
+  /** With state `failed`: what stopped its creation. Not enumerable. */
+  readonly error?: string
   /** Not enumerable, so it never appears in JSON or logs. */
   readonly password?: string
 }
@@ -74,10 +90,24 @@ export function isValidInstanceName (name: unknown): name is string {
 export const SAFE_IDENTIFIER = /^[a-z_][a-z0-9_$]{0,62}$/
 
 /**
- * Checks one configured instance and returns its frozen form, or the reason it
- * is not valid.
+ * The identifier an instance name maps to inside schema, role and database
+ * names: lower case, `.` and `-` as `_`. Names that map to the same
+ * identifier (`Acme`, `acme`; `a-b`, `a.b`, `a_b`) would get the same schema
+ * or database, so a store refuses the second one.
+ *
+ * ```ts
+ * instanceIdentifier('Shop.EU-1') // 'shop_eu_1'
+ * ```
  */
-export function toInstance (input: InstanceConfig, datasources: ReadonlySet<string>): Instance | string {
+export function instanceIdentifier (name: string): string {
+  return name.toLowerCase().replace(/[.-]/g, '_')
+}
+
+/**
+ * Checks one configured instance and returns its frozen form, or the reason it
+ * is not valid. `lifecycle` is for stores: configured instances are `ready`.
+ */
+export function toInstance (input: InstanceConfig, datasources: ReadonlySet<string>, lifecycle: { state: InstanceState, error?: string | null } = { state: 'ready' }): Instance | string {
   if (input === null || typeof input !== 'object') return `an instance must be an object, not ${String(input)}`
   const { name, id } = input
   const label = `instance ${JSON.stringify(name)}`
@@ -107,6 +137,10 @@ export function toInstance (input: InstanceConfig, datasources: ReadonlySet<stri
     role: input.role ?? null,
     disabled: input.disabled === true,
   }
+  // Not enumerable: instances serialise as they did before states existed, and a
+  // failure's reason, which may name internals, never reaches a response or a log.
+  Object.defineProperty(instance, 'state', { value: lifecycle.state, enumerable: false })
+  if (lifecycle.error != null) Object.defineProperty(instance, 'error', { value: lifecycle.error, enumerable: false })
   if (input.password !== undefined) Object.defineProperty(instance, 'password', { value: input.password, enumerable: false })
   return Object.freeze(instance)
 }
