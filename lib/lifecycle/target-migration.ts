@@ -1,6 +1,6 @@
 import type pg from 'pg'
-import { Kysely } from 'kysely'
-import { Migrator, type MigrationInfo, type MigrationProvider, type MigrationResult, type MigrationResultSet } from 'kysely/migration'
+import { Kysely, sql } from 'kysely'
+import { Migrator, NO_MIGRATIONS, type Migration, type MigrationInfo, type MigrationProvider, type MigrationResult, type MigrationResultSet } from 'kysely/migration'
 import { ACQUIRE_TARGET_LOCK, RELEASE_TARGET_LOCK, type SessionLock } from './migration-lock.js'
 import type { MigrationTarget } from './migration-target.js'
 import { TargetDialect } from './target-dialect.js'
@@ -104,14 +104,66 @@ function planOf (goal: MigrationGoal, executed: readonly string[], pending: read
   }
 }
 
+/** Thrown at a migration boundary once the signal is aborted: Kysely rolls back the empty transaction it is in. */
+class Stopped extends Error {}
+
+/**
+ * `provider` with a boundary before each migration but the first of a run:
+ * the boundary commits the migration before it, together with the row Kysely
+ * recorded it with, and begins the next transaction, bound to the target
+ * again, in one round trip. Kysely's Migrator runs a whole run in one
+ * transaction; with these boundaries each migration has a transaction of its
+ * own, and a failure rolls back only the migration that failed. The boundary
+ * is also where `signal` stops a run. A migration without `down` fails when it
+ * is to be reverted (Kysely would skip it and revert the ones before it).
+ */
+function committingEach (provider: MigrationProvider, bindStatement: string, signal: AbortSignal | undefined,
+  committed: (name: string, direction: 'Up' | 'Down') => void): MigrationProvider {
+  let previous: string | undefined
+  const boundary = async (db: Kysely<any>, name: string, direction: 'Up' | 'Down'): Promise<void> => {
+    if (previous !== undefined) {
+      await sql.raw(`commit; begin; ${bindStatement}`).execute(db)
+      committed(previous, direction)
+      if (isAborted(signal)) throw new Stopped('The run was aborted.')
+    }
+    previous = name
+  }
+  return {
+    async getMigrations () {
+      const migrations = await provider.getMigrations()
+      return Object.fromEntries(Object.entries(migrations).map(([name, migration]) => [name, {
+        async up (db: Kysely<any>) {
+          await boundary(db, name, 'Up')
+          await migration.up(db)
+        },
+        async down (db: Kysely<any>) {
+          await boundary(db, name, 'Down')
+          if (migration.down === undefined) throw new Error(`migration "${name}" has no down method, so it cannot be reverted.`)
+          await migration.down(db)
+        },
+      } satisfies Migration]))
+    },
+  }
+}
+
+async function run (migrator: Migrator, goal: MigrationGoal): Promise<MigrationResultSet> {
+  switch (goal.kind) {
+    case 'latest': return await migrator.migrateToLatest()
+    case 'previous': return await migrator.migrateDown()
+    case 'none': return await migrator.migrateTo(NO_MIGRATIONS)
+    case 'name': return await migrator.migrateTo(goal.name)
+  }
+}
+
 /**
  * Runs one target's migrations on `client`, which the caller leased for it:
  * binds the session to the target, takes the target's lock for the whole run
  * (a second process waits, then finds nothing left to do), reads where the
- * target stands, and runs the plan one migration at a time, each in its own
- * transaction with its row in the migration table. A migration that throws
- * rolls back alone: the target stays at its last good migration. `signal`
- * stops the run between migrations, never inside one.
+ * target stands, and runs the plan with Kysely's Migrator, each migration in
+ * its own transaction with its row in the migration table (see
+ * {@link committingEach}). A migration that throws rolls back alone: the
+ * target stays at its last good migration. `signal` stops the run between
+ * migrations, never inside one.
  *
  * Never throws: a failure is in the outcome. The connection is left unlocked,
  * outside any transaction, with `search_path` changed: the caller must not
@@ -128,37 +180,31 @@ export async function migrateTarget (client: pg.ClientBase, target: MigrationTar
     await client.query(ACQUIRE_TARGET_LOCK, [schema, tables.lockTable])
     locked = true
     if (isAborted(signal)) return outcome
-    const made = migratorOf(client, target, schema, provider, tables, { held: true })
+    const reported = new Set<string>()
+    const report = (result: MigrationResult): void => {
+      reported.add(result.migrationName)
+      hooks.onMigration?.(result)
+    }
+    const each = committingEach(provider, sessionStatement(target), signal, (migrationName, direction) => report({ migrationName, direction, status: 'Success' }))
+    const made = migratorOf(client, target, schema, each, tables, { held: true })
     db = made.db
     const infos = await made.migrator.getMigrations()
     const { executed, pending } = split(infos)
     const plan = planOf(goal, executed, pending, infos.map((info) => info.name))
     hooks.onStart?.(plan.names, plan.direction)
     outcome.status = 'success'
-    for (let i = 0; i < plan.names.length; i++) {
-      if (isAborted(signal)) {
-        outcome.status = i === 0 ? 'not-reached' : 'aborted'
-        outcome.results.push(...notExecuted(plan.names.slice(i), plan.direction))
-        break
-      }
-      const step: MigrationResultSet = plan.direction === 'Up' ? await made.migrator.migrateUp() : await made.migrator.migrateDown()
-      const result = step.results?.[0]
-      if (result !== undefined) {
-        outcome.results.push(result)
-        hooks.onMigration?.(result)
-      }
-      const failure = step.error ?? (result === undefined
-        ? new Error(`Kysely's Migrator ran nothing where migration "${plan.names[i]}" was due.`)
-        : result.migrationName !== plan.names[i]
-          ? new Error(`Kysely's Migrator ran migration "${result.migrationName}" where "${plan.names[i]}" was due.`)
-          : result.status === 'NotExecuted' ? new Error(`migration "${result.migrationName}" has no down method, so it cannot be reverted.`) : undefined)
-      if (failure !== undefined) {
-        outcome.status = 'error'
-        outcome.error = failure
-        if (result !== undefined) outcome.failedMigration = result.migrationName
-        outcome.results.push(...notExecuted(plan.names.slice(result === undefined ? i : i + 1), plan.direction))
-        break
-      }
+    if (plan.names.length === 0) return outcome
+    const { error, results = [] } = await run(made.migrator, goal)
+    const stopped = error instanceof Stopped
+    outcome.results = results.map((result) => stopped && result.status === 'Error' ? { ...result, status: 'NotExecuted' } : result)
+    for (const result of outcome.results) if (result.status !== 'NotExecuted' && !reported.has(result.migrationName)) report(result)
+    if (stopped) {
+      outcome.status = 'aborted'
+    } else if (error !== undefined) {
+      outcome.status = 'error'
+      outcome.error = error
+      const failed = results.find((result) => result.status === 'Error')
+      if (failed !== undefined) outcome.failedMigration = failed.migrationName
     }
   } catch (err) {
     outcome.status = 'error'
@@ -183,10 +229,6 @@ export async function migrateTarget (client: pg.ClientBase, target: MigrationTar
 // A function, so the compiler does not take the signal for unchanged between two awaits.
 function isAborted (signal: AbortSignal | undefined): boolean {
   return signal?.aborted === true
-}
-
-function notExecuted (names: readonly string[], direction: 'Up' | 'Down'): MigrationResult[] {
-  return names.map((migrationName) => ({ migrationName, direction, status: 'NotExecuted' }))
 }
 
 /** Where `target` stands: its applied and pending migrations. Read without the lock. */
