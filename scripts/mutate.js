@@ -1,11 +1,11 @@
-// `npm run mutate [-- group ...] [--dry-run] [--head]`: mutation testing with StrykerJS
+// `npm run mutate [-- group ...] [--dry-run] [--head | --at=COMMIT]`: mutation testing with StrykerJS
 // of the files that decide isolation, one group at a time, each with the test
 // files that guard it. Outside CI: a group takes from minutes to an hour.
 //
 // One PostgreSQL serves the whole run: DATABASE_URL, or an embedded server this
 // script starts (data in .data/mutate-<pid>) and stops at the end, also on an
-// error or Ctrl-C. `--head` mutates a copy of the last commit instead of the
-// working tree. Results: the console, and reports/mutation/<group>.{md,json,html}. Each mutant runs the group's test files one after another,
+// error or Ctrl-C. `--head` (or `--at=COMMIT`) mutates a copy of the last
+// commit (or of that one) instead of the working tree. Results: the console, and reports/mutation/<group>.{md,json,html}. Each mutant runs the group's test files one after another,
 // each in its own `node` process, and is killed by the first that fails.
 //
 // The test files run under Node's own type stripping, not tap's TypeScript
@@ -81,16 +81,15 @@ async function main () {
 
   const root = path.resolve(path.dirname(self), '..')
   process.chdir(root)
-  const flags = ['--dry-run', '--head']
   const args = process.argv.slice(2)
   const dryRunOnly = args.includes('--dry-run')
-  const head = args.includes('--head')
-  const unknownFlags = args.filter((arg) => arg.startsWith('--') && !flags.includes(arg))
+  const at = args.includes('--head') ? 'HEAD' : args.find((arg) => arg.startsWith('--at='))?.slice('--at='.length)
+  const unknownFlags = args.filter((arg) => arg.startsWith('--') && arg !== '--dry-run' && arg !== '--head' && !/^--at=[\w./^~-]+$/.test(arg))
   const names = args.filter((arg) => !arg.startsWith('--'))
   const unknownGroups = names.filter((name) => !Object.hasOwn(GROUPS, name))
   if (unknownFlags.length > 0 || unknownGroups.length > 0) {
-    console.error(`Usage: npm run mutate [-- group ...] [--dry-run] [--head]; groups: ${Object.keys(GROUPS).join(', ')}`)
-    console.error('--dry-run: instrument and run the tests once, no mutant; --head: mutate the last commit, not the working tree')
+    console.error(`Usage: npm run mutate [-- group ...] [--dry-run] [--head | --at=COMMIT]; groups: ${Object.keys(GROUPS).join(', ')}`)
+    console.error('--dry-run: instrument and run the tests once, no mutant; --head, --at: mutate a copy of the last or of another commit, not the working tree')
     process.exit(2)
   }
   const selected = names.length > 0 ? names : Object.keys(GROUPS)
@@ -115,14 +114,15 @@ async function main () {
   const summaries = []
   try {
     let source = 'the working tree'
-    if (head) {
-      // Others may be editing the working tree: the last commit is a stable
-      // snapshot, and names what was measured.
+    if (at !== undefined) {
+      // Others may be editing the working tree: a commit is a stable snapshot,
+      // and names what was measured.
+      const commit = execFileSync('git', ['rev-parse', '--short', '--verify', `${at}^{commit}`]).toString().trim()
       const tree = path.join(scratch, 'tree')
       await mkdir(tree, { recursive: true })
-      execFileSync('sh', ['-c', 'git archive HEAD | tar -x -C "$1"', 'sh', tree], { stdio: 'inherit' })
+      execFileSync('sh', ['-c', 'git archive "$1" | tar -x -C "$2"', 'sh', commit, tree], { stdio: 'inherit' })
       await symlink(path.join(root, 'node_modules'), path.join(tree, 'node_modules'), 'dir')
-      source = `commit ${execFileSync('git', ['rev-parse', '--short', 'HEAD']).toString().trim()}`
+      source = `commit ${commit}`
       process.chdir(tree)
     }
     if (process.env.DATABASE_URL) {
