@@ -13,7 +13,7 @@
 // the `.js` of a relative import to its `.ts` file, so the test processes load
 // this file first (`--import`), which adds only that mapping (and none of the
 // rest below: imported, it is not the main module).
-import { existsSync } from 'node:fs'
+import { existsSync, readFileSync, rmSync } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
@@ -110,6 +110,14 @@ async function main () {
       cleanUp().finally(() => process.exit(130))
     })
   }
+  // Stryker handles the same signals and may exit before cleanUp() is done.
+  process.on('exit', () => {
+    try {
+      const pid = Number(readFileSync(path.join(scratch, 'pg', 'postmaster.pid'), 'utf8').split('\n')[0])
+      if (pid > 0) process.kill(pid, 'SIGQUIT')
+    } catch {}
+    rmSync(scratch, { recursive: true, force: true, maxRetries: 5 })
+  })
 
   const summaries = []
   try {
