@@ -115,8 +115,73 @@ t.test('close() ends every pool and refuses new work', async (t) => {
   await pools.close()
   t.equal(pools.state, 'ended')
   t.same(pools.counts(), { pools: 0, open: 0, idle: 0, waiting: 0, leased: 0 })
-  await t.rejects(pools.acquire('a'), { message: /closed/ })
+  await t.rejects(pools.acquire('a'), { code: 'TENANCY_CLOSED', message: 'The tenancy has been closed: its connection pools cannot be used any more.' })
   await pools.close()
+})
+
+t.test('close() fails the callers waiting for a pool slot with TENANCY_CLOSED', async (t) => {
+  const pools = new PoolManager(urls, { maxPools: 1, pool: { connectionTimeoutMillis: 10000 } })
+  const held = await pools.acquire('a')
+  const waiting = pools.acquire('b')
+  await until(() => pools.counts().waiting === 1, 'the caller waits')
+  const closing = pools.close()
+  await t.rejects(waiting, { code: 'TENANCY_CLOSED', message: /this query was waiting for a connection pool/ })
+  pools.release(held)
+  await closing
+})
+
+async function pid (lease: Lease): Promise<number> {
+  return (await lease.client.query<{ pid: number }>('select pg_backend_pid() as pid')).rows[0]!.pid
+}
+/** Whether the server ends backend `pid` within 5 s (far less than the pools' idle timeout). */
+async function backendGone (pid: number): Promise<boolean> {
+  const deadline = Date.now() + 5000
+  do {
+    if ((await query(urls.default, 'select 1 from pg_stat_activity where pid = $1', [pid])).length === 0) return true
+    await sleep(25)
+  } while (Date.now() < deadline)
+  return false
+}
+
+t.test('release: a client is pooled again, unless destroy says its session is broken or a transaction is open on it', async (t) => {
+  // Idle clients stay open far longer than backendGone waits, so a closed backend was closed by release.
+  const pools = new PoolManager({ ...urls, a: { connectionString: urls.a, max: 1, idleTimeoutMillis: 60000 } })
+  t.teardown(() => pools.close())
+  await query(urls.a, 'create table if not exists note (body text)')
+  let lease = await pools.acquire('a')
+  const first = await pid(lease)
+  pools.release(lease)
+  lease = await pools.acquire('a')
+  t.equal(await pid(lease), first, 'released: the same connection comes back')
+
+  pools.release(lease, true)
+  t.ok(await backendGone(first), 'released with destroy: the connection is closed')
+  lease = await pools.acquire('a')
+  const second = await pid(lease)
+  t.not(second, first, 'and the next client is a new one')
+
+  await lease.client.query('begin')
+  await lease.client.query('insert into note values (\'left open\')')
+  pools.release(lease)
+  t.ok(await backendGone(second), 'released inside a transaction: closed, not pooled')
+  lease = await pools.acquire('a')
+  t.not(await pid(lease), second)
+  t.equal(lease.client.getTransactionStatus(), 'I', 'the next client is idle, not in the transaction')
+  t.same(await query(urls.a, 'select body from note'), [], 'and the transaction was rolled back')
+
+  pools.release(lease)
+  pools.release(lease)
+  t.equal(pools.counts().leased, 0, 'a lease given back twice counts once')
+  const again = await pools.acquire('a')
+  t.equal(pools.counts().leased, 1)
+  pools.release(again)
+})
+
+t.test('evictions is read-only', async (t) => {
+  const pools = new PoolManager(urls)
+  t.teardown(() => pools.close())
+  t.throws(() => { (pools as unknown as { evictions: number }).evictions = 5 }, TypeError)
+  t.equal(pools.evictions, 0)
 })
 
 t.test('options are validated with a sentence', async (t) => {
@@ -127,5 +192,5 @@ t.test('options are validated with a sentence', async (t) => {
   t.throws(() => new PoolManager({ ...urls, a: { connectionTimeoutMillis: 'soon' as unknown as number } }), { message: /connectionTimeoutMillis must be a whole number/ })
   t.throws(() => new PoolManager({ a: urls.a }), { message: /must include "default"/ })
   t.throws(() => new PoolManager({ default: 42 as unknown as string }), { message: /connection string or a pg PoolConfig/ })
-  await t.rejects(new PoolManager(urls).acquire('nope'), { message: /"nope" is not configured/ })
+  await t.rejects(new PoolManager(urls).acquire('nope'), { code: 'TENANCY_INVALID_OPTIONS', message: /"nope" is not configured/ })
 })

@@ -1,5 +1,5 @@
 import pg from 'pg'
-import { InvalidOptionsError, DatasourceUnavailableError, quote } from '../errors.js'
+import { ClosedError, InvalidOptionsError, DatasourceUnavailableError, quote } from '../errors.js'
 
 /** A datasource: a connection string or a pg `PoolConfig` (its `max`, `connectionTimeoutMillis`, … override {@link PoolSettings}). */
 export type DatasourceConfig = string | pg.PoolConfig
@@ -78,12 +78,14 @@ interface Entry {
   useOrder: number
 }
 
-/** A client checked out through the manager; give it back with {@link PoolManager.release}. */
+/**
+ * A client checked out through the manager; give it back with
+ * {@link PoolManager.release}. The manager that made it knows which pool it
+ * came from; to anyone else it is only the client and its datasource.
+ */
 export interface Lease {
   readonly client: pg.PoolClient
   readonly datasource: string
-  /** @internal */
-  readonly entry: unknown
 }
 
 interface SlotWaiter {
@@ -133,10 +135,11 @@ export class PoolManager {
   readonly #maxPools: number
   readonly #poolIdleTimeoutMillis: number
   #sweeper: NodeJS.Timeout | undefined
+  // Which pool each lease came from; a lease given back leaves the map, so a second release does nothing.
+  readonly #leases = new WeakMap<Lease, Entry>()
   #state: 'open' | 'ending' | 'ended' = 'open'
   #uses = 0
-  /** Pools closed to make room under `maxPools`, since start. */
-  evictions = 0
+  #evictions = 0
 
   constructor (datasources: Record<string, DatasourceConfig>, options: PoolManagerOptions = {}) {
     if (datasources === null || typeof datasources !== 'object') throw new InvalidOptionsError('datasources must be an object of connection strings or pg PoolConfigs')
@@ -167,9 +170,9 @@ export class PoolManager {
     return this.#configs.keys()
   }
 
-  /** The most pools open at once. */
-  get maxPools (): number {
-    return this.#maxPools
+  /** Pools closed to make room under `maxPools`, since start. */
+  get evictions (): number {
+    return this.#evictions
   }
 
   /** `open` until {@link close} is called, then `ending`, then `ended`. */
@@ -186,17 +189,28 @@ export class PoolManager {
     const entry = this.#entry(datasource) ?? await this.#waitForSlot(datasource, label)
     try {
       const client = await entry.pool.connect()
-      return { client, datasource, entry }
+      const lease: Lease = { client, datasource }
+      this.#leases.set(lease, entry)
+      return lease
     } catch (err) {
       this.#drop(entry)
       throw Object.assign(new DatasourceUnavailableError(quote(label)), { cause: err })
     }
   }
 
-  /** Gives a client back; `destroy` closes it instead (its session is broken or unknown). */
+  /**
+   * Gives a client back. It is closed instead of pooled again when `destroy`
+   * says its session is broken or unknown, or when a transaction is still open
+   * or failed on it (`getTransactionStatus()` is not idle): closing ends the
+   * transaction on the server with a rollback, so it cannot run into the next
+   * checkout. A lease given back twice, or by another manager, is ignored.
+   */
   release (lease: Lease, destroy = false): void {
-    lease.client.release(destroy ? new Error('The client was discarded.') : undefined)
-    this.#drop(lease.entry as Entry)
+    const entry = this.#leases.get(lease)
+    if (entry === undefined) return
+    this.#leases.delete(lease)
+    lease.client.release(destroy || lease.client.getTransactionStatus() !== 'I')
+    this.#drop(entry)
   }
 
   /** Counters over every open pool. */
@@ -230,7 +244,7 @@ export class PoolManager {
       if (this.#sweeper) clearInterval(this.#sweeper)
       for (const waiter of this.#waiters.splice(0)) {
         clearTimeout(waiter.timer)
-        waiter.reject(new Error('The tenancy was closed while this query waited for a connection pool.'))
+        waiter.reject(new ClosedError('this query was waiting for a connection pool, and none will be opened any more.'))
       }
       for (const entry of [...this.#entries.values()]) this.#close(entry)
     }
@@ -240,7 +254,7 @@ export class PoolManager {
 
   /** The open entry of `datasource` with a lease taken, or undefined when the caller must wait for a slot. */
   #entry (datasource: string): Entry | undefined {
-    if (this.#state !== 'open') throw new Error('The tenancy has been closed; its pools cannot be used any more.')
+    if (this.#state !== 'open') throw new ClosedError('its connection pools cannot be used any more.')
     const existing = this.#entries.get(datasource)
     if (existing) return this.#lease(existing)
     const config = this.#configs.get(datasource)
@@ -251,7 +265,7 @@ export class PoolManager {
       const victim = this.#leastRecentlyUsedIdle()
       if (!victim) return undefined
       this.#close(victim)
-      this.evictions++
+      this.#evictions++
     }
     return this.#lease(this.#open(datasource, config))
   }
@@ -300,7 +314,7 @@ export class PoolManager {
         continue
       }
       this.#close(idle)
-      this.evictions++
+      this.#evictions++
       const entry = this.#open(first.datasource, this.#configs.get(first.datasource)!)
       first.resolve(this.#lease(entry))
       for (let i = this.#waiters.length - 1; i >= 0; i--) {
