@@ -1,7 +1,8 @@
 import t from 'tap'
 import { randomBytes } from 'node:crypto'
-import { sql, type Generated } from 'kysely'
+import { AbortedTransactionError, sql, type Generated, type Kysely, type Transaction } from 'kysely'
 import { createTenancy, RoutingPool, SessionState } from '../lib/index.js'
+import { changesSession } from '../lib/routing/session-state.js'
 import { adminQuery, createDatabase, query } from './helpers/database.js'
 
 // Schema mode: search_path and SET ROLE per checkout, applied only when they
@@ -36,7 +37,8 @@ const instances = [
   { name: 'c', id: 4, schema: 'tenant_c' },
   { name: 'ghost', id: 5, schema: 'tenant_c', role: `nobody_${suffix}` },
 ]
-const ten = await createTenancy({ instances, datasources: { default: url }, pool: { max: 1 } })
+// Idle connections stay open far longer than backendGone waits, so a closed backend was closed on release.
+const ten = await createTenancy({ instances, datasources: { default: url }, pool: { max: 1, idleTimeoutMillis: 60000 } })
 t.teardown(() => ten.close())
 const db = ten.kysely<DB>()
 
@@ -96,32 +98,131 @@ t.test('the session is set only when it differs, and the shared path costs no ro
   await run('', 2)
   t.equal(pool.stats.sessionChanges - start.sessionChanges, 3, 'back to shared: one reset')
   t.equal(pool.stats.checkouts - start.checkouts, 16)
+  t.same(pool.stats.destroyed, { session: 0, transaction: 0, lost: 0, asked: 0 }, 'and every connection was pooled again')
+  await ten.runAsInstance('c', async () => {
+    await sql`reset search_path`.execute(own)
+    await own.connection().execute(async (conn) => { await sql`begin`.execute(conn) })
+  })
+  t.same(pool.stats.destroyed, { session: 1, transaction: 1, lost: 0, asked: 0 }, 'a session change and an open transaction: each connection destroyed, with its reason')
 })
 
-t.test('a SET run by the application is not trusted: the next checkout applies everything again', async (t) => {
+// Each statement runs on db.connection() as `as`; then the same instance checks
+// out again. The pool has one client, so a connection kept would come back.
+const hostile: Array<{ as: 'a' | 'c', what: string, statements: string[] }> = [
+  { as: 'a', what: 'a RESET ROLE behind a comment', statements: ['/* c */ RESET ROLE'] },
+  { as: 'a', what: 'a RESET ROLE after another statement', statements: ['select 1; reset role'] },
+  { as: 'c', what: 'a DO block', statements: ['DO $$ BEGIN PERFORM set_config(\'search_path\', \'tenant_b\', false); END $$'] },
+  { as: 'a', what: 'DISCARD ALL behind a comment', statements: ['/* c */ DISCARD ALL'] },
+  { as: 'c', what: 'a quoted set_config', statements: ['select "set_config"(\'search_path\', \'tenant_b\', false)'] },
+  { as: 'c', what: 'pg_catalog.set_config', statements: ['select pg_catalog.set_config(\'search_path\', \'tenant_b\', false)'] },
+  { as: 'c', what: 'set_config with an expression for is_local', statements: ['select set_config(\'search_path\', \'tenant_b\', 1 = 0)'] },
+  { as: 'a', what: 'SET SESSION AUTHORIZATION', statements: [`SET SESSION AUTHORIZATION ${roleB}`] },
+  { as: 'c', what: 'SET search_path', statements: ['SET search_path TO tenant_b'] },
+  { as: 'c', what: 'an update of pg_settings', statements: ['update pg_settings set setting = \'tenant_b\' where name = \'search_path\''] },
+  { as: 'c', what: 'a temporary table that shadows the instance\'s table', statements: ['CREATE TEMP TABLE note (id int, body text)', 'insert into note values (1, \'shadow\')'] },
+  { as: 'c', what: 'a table created in pg_temp through SET LOCAL search_path', statements: ['begin', 'set local search_path = pg_temp', 'create table note (id int, body text)', 'insert into note values (1, \'shadow\')', 'commit'] },
+  { as: 'c', what: 'PREPARE', statements: ['PREPARE leak AS select body from tenant_b.note'] },
+  { as: 'c', what: 'LISTEN', statements: ['LISTEN leak'] },
+  { as: 'c', what: 'a session advisory lock', statements: ['select pg_advisory_lock(42)'] },
+  { as: 'c', what: 'CALL', statements: ['CALL public.leak_path()'] },
+  { as: 'c', what: 'SET SESSION CHARACTERISTICS', statements: ['SET SESSION CHARACTERISTICS AS TRANSACTION READ ONLY'] },
+  { as: 'c', what: 'a cursor WITH HOLD', statements: ['DECLARE leak CURSOR WITH HOLD FOR select body from tenant_b.note'] },
+  { as: 'c', what: 'SQL that the parser cannot read', statements: ['selec 1'] },
+]
+await query(url, `create procedure public.leak_path() language plpgsql as $$ begin perform set_config('search_path', 'tenant_b', false); end $$`)
+
+interface Checkout { pid: number, schema: string, user: string, path: string, readOnly: string, prepared: number, channels: number, cursors: number, advisory: number, bodies: string[] }
+async function checkout (executor: Kysely<DB> | Transaction<DB> = db): Promise<Checkout> {
+  const { rows } = await sql<Omit<Checkout, 'bodies'>>`select pg_backend_pid() as pid, current_schema() as schema, current_user as user,
+    current_setting('search_path') as path, current_setting('default_transaction_read_only') as "readOnly",
+    (select count(*)::int from pg_prepared_statements) as prepared, (select count(*)::int from pg_listening_channels()) as channels,
+    (select count(*)::int from pg_cursors) as cursors, (select count(*)::int from pg_locks where locktype = 'advisory' and pid = pg_backend_pid()) as advisory`.execute(executor)
+  const bodies = (await executor.selectFrom('note').select('body').orderBy('id').execute()).map((row) => row.body)
+  return { ...rows[0]!, bodies }
+}
+/** Whether the server ends backend `pid` within 5 s (far less than the pools' idle timeout). */
+async function backendGone (pid: number): Promise<boolean> {
+  const deadline = Date.now() + 5000
+  do {
+    if ((await query(url, 'select 1 from pg_stat_activity where pid = $1', [pid])).length === 0) return true
+    await new Promise((resolve) => setTimeout(resolve, 25))
+  } while (Date.now() < deadline)
+  return false
+}
+
+/** What a checkout of a schema instance must see: its schema, role and rows (read directly), at the server's defaults otherwise. */
+async function expected (name: 'a' | 'c'): Promise<Omit<Checkout, 'pid'> & { pid: undefined }> {
+  const bodies = (await query<{ body: string }>(url, `select body from tenant_${name}.note order by id`)).map((row) => row.body)
+  return { pid: undefined, schema: `tenant_${name}`, user: name === 'a' ? roleA : 'postgres', path: `tenant_${name}`, readOnly: 'off', prepared: 0, channels: 0, cursors: 0, advisory: 0, bodies }
+}
+
+t.test('no statement sent on a connection changes the session of a later checkout: the connection is destroyed', async (t) => {
+  for (const { as, what, statements } of hostile) {
+    const pid = await ten.runAsInstance(as, async () => await db.connection().execute(async (conn) => {
+      const { pid } = await checkout(conn)
+      for (const statement of statements) await sql.raw(statement).execute(conn).catch((err: { code?: string }) => { if (statement !== 'selec 1' || err.code !== '42601') throw err })
+      return pid
+    }))
+    const next = await ten.runAsInstance(as, checkout)
+    t.not(next.pid, pid, `${what}: the next checkout of ${JSON.stringify(as)} has another connection`)
+    t.same({ ...next, pid: undefined }, await expected(as), `${what}: with the instance's own schema, role, settings and rows, and nothing else`)
+    t.ok(await backendGone(pid), `${what}: the old connection was closed`)
+  }
+})
+
+t.test('statements that end with their transaction keep the connection', async (t) => {
+  const first = await ten.runAsInstance('c', checkout)
   await ten.runAsInstance('c', async () => {
-    await sql`set search_path to tenant_b`.execute(db)
+    await db.transaction().execute(async (trx) => {
+      await sql`set local search_path to tenant_b`.execute(trx)
+      t.same((await sql<{ body: string }>`select body from note`.execute(trx)).rows, [{ body: 'b secret' }], 'SET LOCAL works inside the transaction')
+      await sql`select set_config('tenancy.x', ${'1'}, true), pg_advisory_xact_lock(7)`.execute(trx)
+      await sql`set transaction read only`.execute(trx)
+    })
+    await sql`select body from note where body <> ${'set search_path'}`.execute(db)
+    await db.selectFrom('note').select('body').execute()
   })
+  const next = await ten.runAsInstance('c', checkout)
+  t.equal(next.pid, first.pid, 'the same connection')
+  t.same({ ...next, pid: undefined }, await expected('c'), 'and its session is the instance\'s own again')
+})
+
+t.test('a statement that changes the session in one checkout does not leak into another instance either', async (t) => {
+  const pid = await ten.runAsInstance('a', async () => (await checkout()).pid)
+  await ten.runAsInstance('a', async () => { await sql`select 1; reset role`.execute(db) })
+  const next = await ten.runAsInstance('c', checkout)
+  t.not(next.pid, pid, 'another connection')
+  t.same({ ...next, pid: undefined }, await expected('c'))
+  await ten.runAsInstance('a', async () => {
+    await t.rejects(sql`select * from tenant_b.note`.execute(db), { code: '42501' }, 'a runs as its role again')
+  })
+})
+
+t.test('a connection lost while checked out gives 503 and is destroyed, also when pg says so only by its events', async (t) => {
+  await query(url, `create or replace function public.lose_connection() returns void language plpgsql as $$ begin raise exception 'terminating connection' using errcode = '57P01'; end $$`)
+  const pid = await ten.runAsInstance('c', async () => (await checkout()).pid)
   await ten.runAsInstance('c', async () => {
-    t.same(await db.selectFrom('note').select('body').execute(), [{ body: 'c note' }], 'c is back on its schema')
+    await t.rejects(sql`select public.lose_connection()`.execute(db), { code: 'TENANCY_DATASOURCE_UNAVAILABLE', statusCode: 503, cause: { code: '57P01' } })
   })
-  await ten.runAsInstance('', async () => {
-    await sql`select set_config('search_path', 'tenant_c', false)`.execute(db)
+  const next = await ten.runAsInstance('c', checkout)
+  t.not(next.pid, pid, 'a connection-class error code: the connection is not reused')
+  t.ok(await backendGone(pid), 'and was closed')
+
+  await ten.runAsInstance('c', async () => {
+    await t.rejects(db.connection().execute(async (conn) => {
+      const { pid } = await checkout(conn)
+      await query(url, 'select pg_terminate_backend($1)', [pid])
+      t.ok(await backendGone(pid), 'the server ended the backend')
+      await conn.selectFrom('note').select('body').execute()
+    }), { code: 'TENANCY_DATASOURCE_UNAVAILABLE', statusCode: 503 })
   })
-  await ten.runAsInstance('', async () => {
-    t.equal((await session()).schema, 'public', 'the shared instance is back on the default path')
-  })
-  await ten.runAsInstance('a', async () => {
-    await sql`reset role`.execute(db)
-  })
-  await ten.runAsInstance('a', async () => {
-    t.equal((await session()).user, roleA, 'the role is set again')
-  })
+  t.same({ ...(await ten.runAsInstance('c', checkout)), pid: undefined }, await expected('c'), 'the next checkout works')
+  t.equal(ten.pools.counts().leased, 0)
 })
 
 t.test('a session that cannot be prepared fails the query and the connection is discarded', async (t) => {
   await ten.runAsInstance('c', async () => { await session() })
-  await t.rejects(ten.runAsInstance('ghost', async () => await session()), { message: /could not be prepared.*nobody_/ })
+  await t.rejects(ten.runAsInstance('ghost', async () => await session()), { code: 'TENANCY_SESSION_FAILED', statusCode: 500, message: /The session of a connection for instance "ghost" could not be prepared \(SET ROLE "nobody_\w+"\): role "nobody_\w+" does not exist\. The connection was destroyed\./, cause: { code: '22023' } })
   await ten.runAsInstance('', async () => {
     t.same({ ...(await session()), path: undefined }, { schema: 'public', user: 'postgres', path: undefined }, 'the next user gets a clean connection')
   })
@@ -130,10 +231,10 @@ t.test('a session that cannot be prepared fails the query and the connection is 
 
 t.test('a transaction in a schema instance keeps its schema and role', async (t) => {
   await ten.runAsInstance('b', async () => {
-    await db.transaction().execute(async (trx) => {
+    await t.rejects(db.transaction().execute(async (trx) => {
       await trx.insertInto('note').values({ body: 'b in trx' }).execute()
       await t.rejects(sql`select * from tenant_a.note`.execute(trx), { code: '42501' })
-    }).catch(() => {})
+    }), AbortedTransactionError, 'the refused read aborted the transaction, so its commit rolled back')
   })
   t.same((await query(url, 'select body from tenant_b.note')).map((r) => r.body), ['b secret'], 'the failed transaction rolled back')
   await ten.runAsInstance('b', async () => {
@@ -175,11 +276,53 @@ t.test('SessionState sends only the differences', async (t) => {
   state.applied(none)
   t.equal(state.changesTo(none), '', 'and then stays cleared without a round trip')
   t.throws(() => state.changesTo({ schema: null, role: null, settings: { 'bad name;': 'x' } }), { code: 'TENANCY_INVALID_OPTIONS' })
+})
+
+t.test('SessionState: a statement that may change the session makes it untrusted for good', async (t) => {
+  await SessionState.load()
+  const state = new SessionState()
   state.observe('update note set body = 1')
   t.ok(state.trusted, 'an UPDATE … SET is not a session change')
-  state.observe('  SET search_path TO x')
+  state.observe('select 1; /* c */ reset role')
   t.notOk(state.trusted)
-  t.equal(state.changesTo(none), 'RESET ROLE; RESET search_path; SELECT set_config(\'tenancy.iid\', \'\', false)', 'untrusted: everything again')
+  state.observe('select 1')
+  t.notOk(state.trusted, 'and stays untrusted')
+  const unknown = new SessionState()
+  unknown.observe(undefined)
+  t.notOk(unknown.trusted, 'a statement whose text is not known')
+})
+
+t.test('changesSession reads every statement with PostgreSQL\'s parser', async (t) => {
+  await SessionState.load()
+  const changes = [
+    'set search_path to x', 'SET SESSION search_path = x', '/* c */ reset role', 'select 1; reset role', 'reset all', 'set role x',
+    'set session authorization x', 'reset session authorization', 'set session characteristics as transaction read only', 'set time zone utc',
+    'discard all', '/* c */ DISCARD plans', 'do $$ begin end $$', 'call p()', 'prepare p as select 1', 'execute p', 'explain analyze execute p',
+    'deallocate all', 'listen x', 'load \'auto_explain\'', 'declare c cursor with hold for select 1',
+    'create temp table x (a int)', 'create temporary view v as select 1', 'create temp sequence s', 'select 1 into temp t', 'create table pg_temp.x (a int)',
+    'create temp table x as select 1', 'create function pg_temp.f() returns int language sql as \'select 1\'', 'set local search_path = pg_temp',
+    'set local search_path = \'"PG_TEMP", public\'', 'select set_config(\'search_path\', \'pg_temp_3\', true)',
+    'select set_config(\'search_path\', $1, true)', 'select set_config($1, \'x\', true)',
+    'select set_config(\'a.b\', \'x\', false)', 'select "set_config"(\'a.b\', \'x\', false)', 'select pg_catalog.set_config(\'a.b\', \'x\', false)',
+    'select SET_CONFIG(\'a.b\', \'x\', $1)', 'select set_config(setting_name => \'a.b\', new_value => \'x\', is_local => true)',
+    'select * from student where id = (select 1 from set_config(\'a.b\', \'x\', false))', 'with s as (select set_config(\'a.b\', \'x\', false)) select * from s',
+    'update pg_settings set setting = \'x\' where name = \'search_path\'', 'update pg_catalog.pg_settings set setting = \'x\'',
+    'select pg_advisory_lock(1)', 'select pg_catalog.pg_try_advisory_lock_shared(1, 2)', 'select setseed(0.5)',
+    'select query_to_xml(\'select set_config(\'\'a.b\'\', \'\'x\'\', false)\', true, true, \'\')', 'select * from ts_stat(\'select 1\')',
+    'selec 1',
+  ]
+  for (const text of changes) t.ok(changesSession(text), `changes the session: ${text}`)
+  const keeps = [
+    'select 1', 'select * from note where body = \'set search_path\'', 'update note set body = $1 where id = $2', 'insert into note (body) values ($1) returning id',
+    'delete from note where id in (select id from note)', 'begin', 'start transaction isolation level serializable read only', 'commit', 'commit and chain', 'rollback',
+    'savepoint s1', 'rollback to savepoint s1', 'release savepoint s1', 'set local search_path to tenant_b', 'set local role x', 'set transaction isolation level serializable',
+    'set transaction snapshot \'00000003-0000001B-1\'', 'set constraints all deferred', 'declare c cursor for select 1', 'fetch 10 from c', 'close c',
+    'select set_config(\'tenancy.iid\', $1, true)', 'select set_config(\'search_path\', \'tenant_b\', true)', 'select pg_advisory_xact_lock(1)',
+    'select current_setting(\'search_path\')', 'select * from pg_settings', 'create table x (a int)', 'create unlogged table x (a int)',
+    'alter role x set search_path = y', 'create function f() returns int language sql set search_path = x as \'select 1\'',
+    'select pg_temperature from readings', 'notify x', 'unlisten *', 'lock table note in share mode', 'explain select 1', '  ;  ',
+  ]
+  for (const text of keeps) t.notOk(changesSession(text), `keeps the session: ${text}`)
 })
 
 t.test('schema and role names are validated at start-up', async (t) => {

@@ -1,6 +1,7 @@
 import t from 'tap'
-import { sql, type Generated } from 'kysely'
-import { createTenancy, MismatchError } from '../lib/index.js'
+import pg from 'pg'
+import { Kysely, PostgresDialect, sql, type Generated } from 'kysely'
+import { createTenancy, MismatchError, RoutingPool } from '../lib/index.js'
 import { createDatabase, query } from './helpers/database.js'
 
 // A transaction (or db.connection()) belongs to the instance that began it.
@@ -9,7 +10,8 @@ interface DB { student: { id: Generated<number>, iid: number, name: string } }
 const table = 'create table student (id serial primary key, iid int not null, name text not null)'
 const defaultUrl = await createDatabase(t, 'trx_default')
 const isoUrl = await createDatabase(t, 'trx_iso')
-await query(defaultUrl, `${table}; create schema tenant_acme; create table tenant_acme.student (id serial primary key, iid int not null, name text not null)`)
+await query(defaultUrl, `${table}; create schema tenant_acme; create table tenant_acme.student (id serial primary key, iid int not null, name text not null);
+  create schema tenant_bee; create table tenant_bee.student (id serial primary key, iid int not null, name text not null)`)
 await query(isoUrl, table)
 
 const instances = [
@@ -110,4 +112,149 @@ t.test('after mismatches nothing stays checked out and every instance still work
       t.equal(rows[0]!.one, 1)
     })
   }
+})
+
+/** A cursor for Kysely's stream(): the whole result in the first read. */
+class WholeCursor<R> extends pg.Query {
+  readonly #rows: Promise<R[]>
+  #read = false
+  constructor (text: string, values: unknown[]) {
+    super(text, values)
+    this.#rows = new Promise((resolve, reject) => {
+      this.once('end', (result: { rows: R[] }) => { resolve(result.rows) })
+      this.once('error', reject)
+    })
+    this.#rows.catch(() => {})
+  }
+
+  async read (): Promise<R[]> {
+    if (this.#read) return []
+    this.#read = true
+    return await this.#rows
+  }
+
+  async close (): Promise<void> {
+    await this.#rows.catch(() => {})
+  }
+}
+
+t.test('the cursor path (stream) is bound to the transaction\'s instance too', async (t) => {
+  // Not destroyed: it would close the tenancy's pools.
+  const streaming = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new RoutingPool(ten.pools, { context: () => ten.context() }), cursor: WholeCursor }) })
+  const collect = async (rows: AsyncIterable<{ name: string }>): Promise<string[]> => {
+    const names: string[] = []
+    for await (const row of rows) names.push(row.name)
+    return names
+  }
+  const err = await ten.runAsInstance('iso', async () => await streaming.transaction().execute(async (trx) => {
+    await trx.insertInto('student').values({ iid: 1000, name: 'iso streamed' }).execute()
+    t.same((await collect(trx.selectFrom('student').select('name').where('name', '=', 'iso streamed').stream())).length, 1, 'the instance that began it may stream')
+    await ten.runAsInstance('acme', async () => await collect(trx.selectFrom('student').select('name').stream()))
+  })).catch((err: unknown) => err)
+  t.match(err, { code: 'TENANCY_MISMATCH', message: /belongs to instance "iso".*now runs as instance "acme"/ })
+  t.notOk((await names(isoUrl)).includes('iso streamed'), 'the transaction rolled back')
+})
+
+// One connection per datasource, so a connection kept would come back to the next checkout.
+const single = await createTenancy({ instances, datasources: { default: defaultUrl, iso: isoUrl }, pool: { max: 1 } })
+t.teardown(() => single.close())
+const one = single.kysely<DB>()
+const pidOf = async (executor: Kysely<DB>): Promise<number> => (await sql<{ pid: number }>`select pg_backend_pid() as pid`.execute(executor)).rows[0]!.pid
+
+t.test('a transaction left open on db.connection() is rolled back and never holds the next checkout', async (t) => {
+  await query(defaultUrl, 'delete from student')
+  const pid = await single.runAsInstance('', async () => await one.connection().execute(async (conn) => {
+    await sql`begin`.execute(conn)
+    await conn.insertInto('student').values({ iid: 1, name: 'left open' }).execute()
+    return await pidOf(conn)
+  }))
+  await single.runAsInstance('shareTest', async () => {
+    t.not(await pidOf(one), pid, 'the next checkout has another connection')
+    await one.insertInto('student').values({ iid: 2, name: 'share committed' }).execute()
+  })
+  t.same(await names(defaultUrl), ['share committed'], 'the next instance\'s insert is committed at once')
+  await single.runAsInstance('', async () => { await sql`rollback`.execute(one) })
+  t.same(await names(defaultUrl), ['share committed'], 'and a later ROLLBACK does not undo it; the open transaction was rolled back')
+})
+
+t.test('a schema instance never reads another\'s rows through a stale transaction', async (t) => {
+  await query(defaultUrl, `delete from student; delete from tenant_acme.student; insert into student (iid, name) values (1, 'default row'); insert into tenant_acme.student (iid, name) values (3, 'acme secret')`)
+  await single.runAsInstance('acme', async () => {
+    await one.connection().execute(async (conn) => { await sql`begin`.execute(conn) })
+  })
+  await single.runAsInstance('', async () => {
+    await sql`select 1`.execute(one)
+    await sql`rollback`.execute(one)
+  })
+  await single.runAsInstance('', async () => {
+    t.same((await one.selectFrom('student').select('name').execute()).map((row) => row.name), ['default row'], 'the shared instance reads public.student')
+    const { rows } = await sql<{ schema: string }>`select current_schema() as schema`.execute(one)
+    t.equal(rows[0]!.schema, 'public')
+  })
+})
+
+t.test('an open transaction never outlives its checkout, whatever opened it', async (t) => {
+  await query(defaultUrl, 'delete from student')
+  const cases: Array<{ what: string, run: (conn: Kysely<DB>) => Promise<unknown> }> = [
+    { what: 'select 1; begin', run: async (conn) => await sql`select 1; begin`.execute(conn) },
+    { what: 'COMMIT AND CHAIN', run: async (conn) => { await sql`begin`.execute(conn); await sql`commit and chain`.execute(conn) } },
+    { what: 'a failed transaction block', run: async (conn) => { await sql`begin`.execute(conn); await t.rejects(sql`select 1/0`.execute(conn), { code: '22012' }) } },
+    { what: 'START TRANSACTION', run: async (conn) => await sql`start transaction isolation level repeatable read`.execute(conn) },
+  ]
+  for (const { what, run } of cases) {
+    const pid = await single.runAsInstance('', async () => await one.connection().execute(async (conn) => {
+      const pid = await pidOf(conn)
+      await run(conn)
+      // Refused after the failed block (25P02); inside the open transaction otherwise.
+      await conn.insertInto('student').values({ iid: 1, name: `inside ${what}` }).execute().catch((err: { code?: string }) => { if (err.code !== '25P02') throw err })
+      return pid
+    }))
+    await single.runAsInstance('shareTest', async () => {
+      t.not(await pidOf(one), pid, `${what}: the next checkout has another connection`)
+      await one.insertInto('student').values({ iid: 2, name: `after ${what}` }).execute()
+    })
+    t.same(await names(defaultUrl), [`after ${what}`], `${what}: the next instance's write is committed, the open transaction's is not`)
+    await query(defaultUrl, 'delete from student')
+  }
+})
+
+t.test('a transaction that ends inside its checkout keeps the connection', async (t) => {
+  const pid = await single.runAsInstance('', async () => await one.connection().execute(async (conn) => {
+    await sql`begin`.execute(conn)
+    await sql`commit`.execute(conn)
+    return await pidOf(conn)
+  }))
+  await single.runAsInstance('', async () => {
+    await one.transaction().execute(async (trx) => { await trx.selectFrom('student').select('id').execute() })
+    t.equal(await pidOf(one), pid, 'the same connection')
+  })
+})
+
+t.test('two tenancies in one process: each routing pool and guard reads only its own frames', async (t) => {
+  await query(defaultUrl, 'delete from tenant_bee.student; delete from tenant_acme.student')
+  const other = await createTenancy({ instances: [{ name: '', id: 1 }, { name: 'bee', id: 7, schema: 'tenant_bee' }], datasources: { default: defaultUrl } })
+  t.teardown(() => other.close())
+  const bee = other.kysely<DB>()
+  const schemaOf = async (executor: Kysely<DB>): Promise<string> => (await sql<{ schema: string }>`select current_schema() as schema`.execute(executor)).rows[0]!.schema
+
+  await other.runAsInstance('bee', async () => await bee.transaction().execute(async (trx) => {
+    await ten.runAsInstance('acme', async () => {
+      await trx.insertInto('student').values({ iid: 7, name: 'bee inside acme' }).execute()
+      t.equal(await schemaOf(trx as unknown as Kysely<DB>), 'tenant_bee', 'the other tenancy\'s frame does not refuse bee\'s transaction')
+      t.equal(await schemaOf(bee), 'tenant_bee', 'bee\'s Kysely routes by bee\'s frame')
+      t.equal(await schemaOf(db), 'tenant_acme', 'and acme\'s by acme\'s')
+    })
+  }))
+  await ten.runAsInstance('acme', async () => await db.transaction().execute(async (trx) => {
+    await other.runAsInstance('bee', async () => {
+      await trx.insertInto('student').values({ iid: 3, name: 'acme inside bee' }).execute()
+      t.equal(await schemaOf(db), 'tenant_acme', 'nested the other way: acme still routes by acme\'s frame')
+      t.equal(await schemaOf(bee), 'tenant_bee')
+    })
+  }))
+  await ten.runAsInstance('acme', async () => {
+    t.equal(await schemaOf(bee), 'public', 'with no frame of its own, bee\'s tenancy routes as no context, not as acme')
+  })
+  t.same(await names(defaultUrl, 'tenant_bee.student'), ['bee inside acme'])
+  t.same(await names(defaultUrl, 'tenant_acme.student'), ['acme inside bee'])
 })

@@ -1,34 +1,28 @@
 import pg from 'pg'
 import type { PostgresCursor, PostgresPoolClient, PostgresQueryResult } from 'kysely'
 import type { TenancyContext } from '../context.js'
-import { DatasourceUnavailableError, MismatchError, quote } from '../errors.js'
+import { DatasourceUnavailableError, MismatchError, SessionError, quote } from '../errors.js'
 import type { Instance } from '../instances/instance.js'
 import type { Lease } from './pool-manager.js'
-import { SessionState } from './session-state.js'
-
-interface ClientInternals {
-  processID?: number
-  _ended?: boolean
-  _ending?: boolean
-  _queryable?: boolean
-}
+import { SessionState, type SessionTarget } from './session-state.js'
 
 function describe (instance: Instance | undefined): string {
   return instance === undefined ? 'the host context (no instance)' : `instance ${quote(instance.name)}`
 }
 
-/**
- * True when `err` means the connection itself is gone (server stopped,
- * network cut), as opposed to a statement the server refused.
- */
-export function isConnectionError (err: unknown, client?: pg.ClientBase): boolean {
-  if (err instanceof pg.DatabaseError) {
-    const code = err.code ?? ''
-    return code.startsWith('08') || code.startsWith('57P')
-  }
-  const internals = client as unknown as ClientInternals | undefined
-  return internals !== undefined && (internals._ended === true || internals._ending === true || internals._queryable === false)
+/** An error the server sends when the connection itself is ending: connection exception (08) or operator intervention that ends the session (57P). */
+function isConnectionCode (err: unknown): boolean {
+  if (!(err instanceof pg.DatabaseError)) return false
+  const code = err.code ?? ''
+  return code.startsWith('08') || code.startsWith('57P')
 }
+
+/**
+ * Why a connection given back is destroyed rather than pooled again: Kysely
+ * asked, the connection was lost, a statement may have changed its session,
+ * or a transaction is still open (or failed) on it.
+ */
+export type DiscardReason = 'asked' | 'lost' | 'session' | 'transaction'
 
 /**
  * The client the routing pool hands Kysely: one per pg client, reused on every
@@ -37,33 +31,39 @@ export function isConnectionError (err: unknown, client?: pg.ClientBase): boolea
  * connection held across awaits (a transaction, `db.connection()`) belongs to
  * the instance that checked it out: a query on it while the context names
  * another instance fails with `TENANCY_MISMATCH` before reaching the server.
- * A lost connection turns into 503 `TENANCY_DATASOURCE_UNAVAILABLE` and is
- * discarded on release.
+ *
+ * It gives the connection back to its pool only when nothing of the checkout
+ * can reach the next one. It is destroyed instead when it was lost (its
+ * `error` or `end` event, or a connection-class error code; the query fails
+ * with 503 `TENANCY_DATASOURCE_UNAVAILABLE`), when a statement sent on it may
+ * have changed the session (see `changesSession`), or when a transaction is
+ * still open or failed on it (`getTransactionStatus()` is not idle, `'I'`):
+ * the server then rolls the transaction back.
  */
 export class RoutedClient implements PostgresPoolClient {
   /** What this connection's session carries. */
   readonly session = new SessionState()
   readonly #client: pg.PoolClient
-  readonly #giveBack: (lease: Lease, destroy: boolean) => void
+  readonly #giveBack: (lease: Lease, reason: DiscardReason | undefined) => void
+  readonly #context: () => TenancyContext | undefined
   #lease: Lease | undefined
   #owner: Instance | undefined
-  #broken = false
-  readonly #context: () => TenancyContext | undefined
+  #lost = false
 
-  constructor (client: pg.PoolClient, giveBack: (lease: Lease, destroy: boolean) => void, context: () => TenancyContext | undefined) {
+  constructor (client: pg.PoolClient, giveBack: (lease: Lease, reason: DiscardReason | undefined) => void, context: () => TenancyContext | undefined) {
     this.#client = client
     this.#giveBack = giveBack
     this.#context = context
+    // pg emits these synchronously when the socket fails or closes, before the
+    // failed query's rejection is handled, so #run sees the flag already set.
+    const lost = (): void => { this.#lost = true }
+    client.on('error', lost)
+    client.on('end', lost)
   }
 
   /** Read by Kysely to cancel a running query. */
   get processID (): number | undefined {
-    return (this.#client as unknown as ClientInternals).processID
-  }
-
-  /** The raw pg client, for the routing pool's own session statements. */
-  get raw (): pg.PoolClient {
-    return this.#client
+    return (this.#client as pg.PoolClient & { processID?: number }).processID
   }
 
   /** @internal Binds the client to the lease and instance of this checkout. */
@@ -72,14 +72,35 @@ export class RoutedClient implements PostgresPoolClient {
     this.#owner = owner
   }
 
+  /**
+   * @internal Runs the routing pool's own session statements (not observed)
+   * and records `target` as applied. On failure the connection is destroyed
+   * and the error is `TENANCY_SESSION_FAILED`, or 503 when the connection was lost.
+   */
+  async prepare (changes: string, target: SessionTarget): Promise<void> {
+    try {
+      await this.#client.query(changes)
+    } catch (err) {
+      const lost = this.#noteLoss(err)
+      const who = describe(this.#owner)
+      const label = this.#label()
+      this.release(true)
+      if (lost) throw Object.assign(new DatasourceUnavailableError(label), { cause: err })
+      const reason = err instanceof Error ? err.message : String(err)
+      throw Object.assign(new SessionError(`The session of a connection for ${who} could not be prepared (${changes}): ${reason}. The connection was destroyed.`), { cause: err })
+    }
+    this.session.applied(target)
+  }
+
   query<R>(sql: string, parameters: ReadonlyArray<unknown>): Promise<PostgresQueryResult<R>>
   query<R>(cursor: PostgresCursor<R>): PostgresCursor<R>
   query<R> (sqlOrCursor: string | PostgresCursor<R>, parameters?: ReadonlyArray<unknown>): Promise<PostgresQueryResult<R>> | PostgresCursor<R> {
     const mismatch = this.#mismatch()
     if (typeof sqlOrCursor !== 'string') {
       if (mismatch) throw mismatch
-      this.session.observe(String((sqlOrCursor as { text?: unknown }).text ?? ''))
-      return this.#client.query(sqlOrCursor as any) as unknown as PostgresCursor<R>
+      const text = (sqlOrCursor as { text?: unknown }).text
+      this.session.observe(typeof text === 'string' ? text : undefined)
+      return this.#client.query(sqlOrCursor as unknown as pg.Submittable) as unknown as PostgresCursor<R>
     }
     if (mismatch) return Promise.reject(mismatch)
     this.session.observe(sqlOrCursor)
@@ -90,18 +111,36 @@ export class RoutedClient implements PostgresPoolClient {
     try {
       return await this.#client.query(sql, parameters as unknown[]) as unknown as PostgresQueryResult<R>
     } catch (err) {
-      if (!isConnectionError(err, this.#client)) throw err
-      this.#broken = true
-      throw Object.assign(new DatasourceUnavailableError(quote(this.#owner?.name ?? this.#lease?.datasource ?? 'default')), { cause: err })
+      if (!this.#noteLoss(err)) throw err
+      throw Object.assign(new DatasourceUnavailableError(this.#label()), { cause: err })
     }
   }
 
+  /** Gives the connection back; `destroy` (Kysely's own discard) closes it whatever its state. */
   release (destroy?: boolean): void {
     const lease = this.#lease
     if (lease === undefined) return
     this.#lease = undefined
     this.#owner = undefined
-    this.#giveBack(lease, destroy === true || this.#broken)
+    this.#giveBack(lease, this.#discardReason(destroy === true))
+  }
+
+  #discardReason (asked: boolean): DiscardReason | undefined {
+    if (asked) return 'asked'
+    if (this.#lost) return 'lost'
+    if (!this.session.trusted) return 'session'
+    if (this.#client.getTransactionStatus() !== 'I') return 'transaction'
+    return undefined
+  }
+
+  /** Whether `err` (or an event before it) means the connection is gone; remembers it. */
+  #noteLoss (err: unknown): boolean {
+    if (isConnectionCode(err)) this.#lost = true
+    return this.#lost
+  }
+
+  #label (): string {
+    return quote(this.#owner?.name ?? this.#lease?.datasource ?? 'default')
   }
 
   #mismatch (): Error | undefined {

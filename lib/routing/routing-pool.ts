@@ -1,10 +1,10 @@
 import type pg from 'pg'
 import type { PostgresPool, PostgresPoolClient } from 'kysely'
 import { currentContext, type TenancyContext } from '../context.js'
-import { DatasourceUnavailableError, quote } from '../errors.js'
+import { SessionError } from '../errors.js'
 import type { Lease, PoolManager } from './pool-manager.js'
-import { RoutedClient, isConnectionError } from './routed-client.js'
-import { sessionTarget, type SessionSettings } from './session-state.js'
+import { RoutedClient, type DiscardReason } from './routed-client.js'
+import { SessionState, sessionTarget, type SessionSettings } from './session-state.js'
 
 /** Options of {@link RoutingPool}. */
 export interface RoutingPoolOptions {
@@ -18,12 +18,20 @@ export interface RoutingPoolOptions {
   context?: () => TenancyContext | undefined
 }
 
-/** Counters of a {@link RoutingPool}. */
+/** Counters of a {@link RoutingPool}, since it was made. */
 export interface RoutingStats {
   /** Clients handed out. */
-  checkouts: number
+  readonly checkouts: number
   /** Checkouts that needed a session round trip (schema, role or settings changed). */
-  sessionChanges: number
+  readonly sessionChanges: number
+  /**
+   * Connections destroyed on release instead of pooled again, by reason:
+   * `session` a statement sent on it may have changed its session,
+   * `transaction` a transaction was left open or failed on it, `lost` the
+   * connection was lost, `asked` Kysely discarded it (a failed rollback) or its
+   * session could not be prepared.
+   */
+  readonly destroyed: Readonly<Record<DiscardReason, number>>
 }
 
 /**
@@ -37,7 +45,11 @@ export interface RoutingStats {
  * what the instance needs (`search_path`, `SET ROLE`, `settings`), sending only
  * the differences in one round trip, and nothing at all on the shared-mode
  * path. The client it returns refuses queries from another instance's context
- * (`TENANCY_MISMATCH`) and goes back to the pool it came from.
+ * (`TENANCY_MISMATCH`) and goes back to the pool it came from, unless the
+ * checkout may have left something behind for the next one: a connection on
+ * which a statement may have changed the session (read with PostgreSQL's
+ * parser, loaded before the first checkout), a transaction is still open, or
+ * the connection was lost, is destroyed instead.
  *
  * ```ts
  * const pools = new PoolManager({ default: url, acme: acmeUrl })
@@ -50,12 +62,17 @@ export class RoutingPool implements PostgresPool {
   // Kysely passes these to a cancel-query control client; it has no Client
   // constructor here, so it cancels through a pooled connection instead.
   readonly options = {}
-  readonly stats: RoutingStats = { checkouts: 0, sessionChanges: 0 }
   readonly #pools: PoolManager
   readonly #settings: SessionSettings | undefined
   readonly #context: () => TenancyContext | undefined
   readonly #routed = new WeakMap<pg.PoolClient, RoutedClient>()
-  readonly #giveBack = (lease: Lease, destroy: boolean): void => { this.#pools.release(lease, destroy) }
+  #checkouts = 0
+  #sessionChanges = 0
+  readonly #destroyed: Record<DiscardReason, number> = { session: 0, transaction: 0, lost: 0, asked: 0 }
+  readonly #giveBack = (lease: Lease, reason: DiscardReason | undefined): void => {
+    if (reason !== undefined) this.#destroyed[reason]++
+    this.#pools.release(lease, reason !== undefined)
+  }
 
   constructor (pools: PoolManager, options: RoutingPoolOptions = {}) {
     this.#pools = pools
@@ -63,9 +80,15 @@ export class RoutingPool implements PostgresPool {
     this.#context = options.context ?? currentContext
   }
 
+  /** The counters, as of now. */
+  get stats (): RoutingStats {
+    return { checkouts: this.#checkouts, sessionChanges: this.#sessionChanges, destroyed: { ...this.#destroyed } }
+  }
+
   // The promise form on purpose: pg's callback form can call back in the
   // context of the request that released the client.
   async connect (): Promise<PostgresPoolClient> {
+    if (!SessionState.loaded) await loadParser()
     const context = this.#context()
     const instance = context?.instance
     const target = sessionTarget(context, this.#settings)
@@ -77,7 +100,7 @@ export class RoutingPool implements PostgresPool {
       this.#routed.set(lease.client, routed)
     }
     routed.checkout(lease, instance)
-    this.stats.checkouts++
+    this.#checkouts++
     let changes: string
     try {
       changes = routed.session.changesTo(target)
@@ -86,20 +109,20 @@ export class RoutingPool implements PostgresPool {
       throw err
     }
     if (changes === '') return routed
-    this.stats.sessionChanges++
-    try {
-      await lease.client.query(changes)
-    } catch (err) {
-      // The session is now in an unknown state: the client must not be reused.
-      routed.release(true)
-      if (isConnectionError(err, lease.client)) throw Object.assign(new DatasourceUnavailableError(quote(label)), { cause: err })
-      throw Object.assign(new Error(`The connection for ${instance ? `instance ${quote(instance.name)}` : 'the host context'} could not be prepared (${changes}): ${(err as Error).message}`), { cause: err })
-    }
-    routed.session.applied(target)
+    this.#sessionChanges++
+    await routed.prepare(changes, target)
     return routed
   }
 
   async end (): Promise<void> {
     await this.#pools.close()
+  }
+}
+
+async function loadParser (): Promise<void> {
+  try {
+    await SessionState.load()
+  } catch (err) {
+    throw Object.assign(new SessionError('PostgreSQL\'s parser (libpg-query), which reads every statement sent on a connection to keep sessions apart, could not be loaded, so no connection is handed out.'), { cause: err })
   }
 }

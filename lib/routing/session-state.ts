@@ -1,6 +1,7 @@
 import pg from 'pg'
 import { InvalidOptionsError } from '../errors.js'
 import type { TenancyContext } from '../context.js'
+import { loadSqlParser, type ParseSql } from '../sql-parser.js'
 
 /**
  * Extra session settings for the connections the routing pool hands out,
@@ -29,9 +30,6 @@ export interface SessionTarget {
 
 const NO_SETTINGS: Readonly<Record<string, string>> = Object.freeze({})
 const SETTING_NAME = /^[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z_][A-Za-z0-9_]*)?$/
-// Statements that may change the session behind our back: after one, the
-// remembered state is no longer trusted and everything is applied again.
-const CHANGES_SESSION = /^\s*(?:set|reset|discard)\b|set_config\s*\(/i
 
 /** The session a checkout in `context` needs. */
 export function sessionTarget (context: TenancyContext | undefined, settings?: SessionSettings): SessionTarget {
@@ -43,47 +41,202 @@ export function sessionTarget (context: TenancyContext | undefined, settings?: S
   }
 }
 
+// Statements whose effect outlives the transaction they run in, or that run
+// code nobody can read here: prepared statements, LISTEN, a loaded library,
+// a DO block or a procedure (which can do anything a session can).
+const SESSION_STATEMENTS = new Set(['DiscardStmt', 'DoStmt', 'CallStmt', 'PrepareStmt', 'ExecuteStmt', 'DeallocateStmt', 'ListenStmt', 'LoadStmt'])
+// Built-in functions with an effect on the session beyond the statement:
+// session advisory locks, the random seed, pg_trgm's threshold, a dblink
+// connection, a replication origin, or SQL given as text (which may call any
+// of them). set_config is judged by its arguments.
+const SESSION_FUNCTIONS = new Set([
+  'pg_advisory_lock', 'pg_advisory_lock_shared', 'pg_try_advisory_lock', 'pg_try_advisory_lock_shared',
+  'setseed', 'set_limit', 'dblink_connect', 'dblink_connect_u', 'pg_replication_origin_session_setup',
+  'query_to_xml', 'query_to_xmlschema', 'query_to_xml_and_xmlschema', 'ts_stat', 'ts_rewrite',
+  'crosstab', 'crosstab2', 'crosstab3', 'crosstab4',
+])
+// SET TRANSACTION and SET TRANSACTION SNAPSHOT end with the transaction; SET SESSION CHARACTERISTICS does not.
+const TRANSACTION_SETS = new Set(['TRANSACTION', 'TRANSACTION SNAPSHOT'])
+// DECLARE … WITH HOLD: the cursor survives the transaction (CURSOR_OPT_HOLD in parsenodes.h).
+const CURSOR_OPT_HOLD = 0x20
+// The session's own schema for temporary objects, by any of its names. A
+// temporary table is found before the instance's own (pg_temp is searched
+// first), so one left behind would shadow them for the next checkout.
+const TEMPORARY_SCHEMA = /\bpg_temp(?:_\d+)?\b/i
+// UPDATE pg_settings calls set_config(…, false) through a rule.
+const SETTINGS_VIEW = 'pg_settings'
+
+type Tree = Record<string, unknown>
+
+function isTree (value: unknown): value is Tree {
+  return value !== null && typeof value === 'object'
+}
+
+/** The node of a one-key wrapper such as `{ A_Const: {…} }`, when its key is `kind`. */
+function nodeOf (value: unknown, kind: string): Tree | undefined {
+  if (!isTree(value)) return undefined
+  const node = value[kind]
+  return isTree(node) ? node : undefined
+}
+
+function constantString (value: unknown): string | undefined {
+  const sval = nodeOf(nodeOf(value, 'A_Const'), 'sval')?.sval
+  return typeof sval === 'string' ? sval : undefined
+}
+
+function constantTrue (value: unknown): boolean {
+  return nodeOf(nodeOf(value, 'A_Const'), 'boolval')?.boolval === true
+}
+
+function lastName (names: unknown): string {
+  if (!Array.isArray(names) || names.length === 0) return ''
+  const sval = nodeOf(names[names.length - 1], 'String')?.sval
+  return typeof sval === 'string' ? sval.toLowerCase() : ''
+}
+
+/**
+ * `set_config(name, value, true)` ends with the transaction, unless it points
+ * `search_path` somewhere that cannot be read here (a parameter could be
+ * `pg_temp`, and a table created then is temporary). Any other form (false,
+ * a parameter, a named argument) may change the session.
+ */
+function setConfigChangesSession (call: Tree): boolean {
+  const args = call.args
+  if (!Array.isArray(args) || args.length !== 3 || !constantTrue(args[2])) return true
+  const name = constantString(args[0])
+  if (name === undefined) return true
+  return name.toLowerCase() === 'search_path' && constantString(args[1]) === undefined
+}
+
+/** Whether any node of `tree`, at any depth, may change the session. */
+function nodeChangesSession (tree: unknown): boolean {
+  if (Array.isArray(tree)) return tree.some(nodeChangesSession)
+  if (!isTree(tree)) return typeof tree === 'string' && TEMPORARY_SCHEMA.test(tree)
+  for (const [key, value] of Object.entries(tree)) {
+    if (SESSION_STATEMENTS.has(key)) return true
+    if (key === 'relpersistence' && value === 't') return true
+    if (key === 'FuncCall' && isTree(value)) {
+      const name = lastName(value.funcname)
+      if (SESSION_FUNCTIONS.has(name) || (name === 'set_config' && setConfigChangesSession(value))) return true
+    }
+    if ((key === 'UpdateStmt' || key === 'InsertStmt' || key === 'DeleteStmt' || key === 'MergeStmt') && isTree(value) &&
+      isTree(value.relation) && value.relation.relname === SETTINGS_VIEW) return true
+    if (nodeChangesSession(value)) return true
+  }
+  return false
+}
+
+/** Whether one top-level statement may leave the session changed after its transaction ends. */
+function statementChangesSession (statement: unknown): boolean {
+  const set = nodeOf(statement, 'VariableSetStmt')
+  // SET LOCAL and SET TRANSACTION end with the transaction (outside one they do nothing).
+  if (set) return !(set.is_local === true || (set.kind === 'VAR_SET_MULTI' && TRANSACTION_SETS.has(String(set.name)))) || nodeChangesSession(set.args)
+  const cursor = nodeOf(statement, 'DeclareCursorStmt')
+  if (cursor && typeof cursor.options === 'number' && (cursor.options & CURSOR_OPT_HOLD) !== 0) return true
+  // Nested SETs (ALTER ROLE … SET, CREATE FUNCTION … SET) are not run now, so only the top level is read for them.
+  return nodeChangesSession(statement)
+}
+
+let parse: ParseSql | undefined
+// Builder queries repeat their texts, so verdicts are remembered; the bound
+// keeps a stream of distinct texts from growing the map without end.
+const MAX_VERDICTS = 2000
+const MAX_REMEMBERED_LENGTH = 8192
+const verdicts = new Map<string, boolean>()
+
+/**
+ * Whether a statement text sent on a connection may leave its session
+ * changed for the next checkout, as read by PostgreSQL's own parser: a
+ * session `SET`/`RESET` (`SET LOCAL` and `SET TRANSACTION` are fine),
+ * `DISCARD`, `DO`, `CALL`, `PREPARE`/`EXECUTE`/`DEALLOCATE`, `LISTEN`,
+ * `LOAD`, a temporary object, a `WITH HOLD` cursor, `set_config` other than
+ * `set_config('name', …, true)`, an update of `pg_settings`, a session
+ * advisory lock or another built-in with a session effect, and any text the
+ * parser cannot read (or before the parser is loaded). Comments, quoting,
+ * schema qualification and several statements in one text do not hide any of
+ * them. What a user-defined function does inside cannot be seen.
+ *
+ * ```ts
+ * await SessionState.load()
+ * changesSession('select 1; reset role') // true
+ * changesSession('select set_config(\'tenancy.x\', $1, true)') // false
+ * ```
+ */
+export function changesSession (text: string): boolean {
+  if (parse === undefined) return true
+  let verdict = verdicts.get(text)
+  if (verdict !== undefined) return verdict
+  try {
+    const tree = parse(text) as { stmts?: Array<{ stmt?: unknown }> }
+    verdict = (tree.stmts ?? []).some((entry) => statementChangesSession(entry.stmt))
+  } catch {
+    verdict = true
+  }
+  if (text.length <= MAX_REMEMBERED_LENGTH) {
+    if (verdicts.size >= MAX_VERDICTS) verdicts.delete(verdicts.keys().next().value!)
+    verdicts.set(text, verdict)
+  }
+  return verdict
+}
+
 /**
  * What one pooled connection's session carries, as far as this library set it.
  * A new connection starts at the server defaults, so the shared-mode path
  * (no schema, no role, no settings) never costs a round trip; a checkout that
  * needs something else sends only the differences, in one round trip.
  *
+ * Every statement text the application sends is {@link observe}d; after one
+ * that may change the session (see {@link changesSession}) the state is no
+ * longer {@link trusted}, and such a connection must be destroyed, not reused:
+ * no statement could repair it (a temporary table, a prepared statement, a
+ * lock or a listener outlive any `RESET`).
+ *
  * ```ts
+ * await SessionState.load()
  * const state = new SessionState()
  * const sql = state.changesTo({ schema: 'tenant_acme', role: null, settings: {} })
  * // 'SET search_path TO "tenant_acme"'
  * if (sql) { await client.query(sql); state.applied(target) }
+ * state.observe('select 1; reset role')
+ * state.trusted // false: destroy the connection on release
  * ```
  */
 export class SessionState {
   #schema: string | null = null
   #role: string | null = null
   #settings: Readonly<Record<string, string>> = NO_SETTINGS
-  /** False after a statement that may have changed the session: the next checkout applies everything. */
   #trusted = true
+
+  /** Loads PostgreSQL's parser, which {@link observe} needs; until then every statement counts as a session change. */
+  static async load (): Promise<void> {
+    parse ??= await loadSqlParser()
+  }
+
+  /** Whether {@link load} has completed. */
+  static get loaded (): boolean {
+    return parse !== undefined
+  }
 
   /** The SQL (simple protocol, several statements) that turns this session into `target`, or `''` when it already is. */
   changesTo (target: SessionTarget): string {
-    const trusted = this.#trusted
-    if (trusted && target.schema === this.#schema && target.role === this.#role && target.settings === this.#settings) return ''
+    if (target.schema === this.#schema && target.role === this.#role && target.settings === this.#settings) return ''
     const statements: string[] = []
-    if (!trusted || target.role !== this.#role) {
+    if (target.role !== this.#role) {
       statements.push(target.role === null ? 'RESET ROLE' : `SET ROLE ${pg.escapeIdentifier(target.role)}`)
     }
-    if (!trusted || target.schema !== this.#schema) {
+    if (target.schema !== this.#schema) {
       statements.push(target.schema === null ? 'RESET search_path' : `SET search_path TO ${pg.escapeIdentifier(target.schema)}`)
     }
     const calls: string[] = []
     for (const name of Object.keys(target.settings)) {
       const value = target.settings[name]
       if (typeof value !== 'string') throw new InvalidOptionsError(`the session setting ${JSON.stringify(name)} must be a string, not ${typeof value}`)
-      if (trusted && this.#settings[name] === value) continue
+      if (this.#settings[name] === value) continue
       if (!SETTING_NAME.test(name)) throw new InvalidOptionsError(`${JSON.stringify(name)} is not a valid session setting name`)
       calls.push(`set_config(${pg.escapeLiteral(name)}, ${pg.escapeLiteral(value)}, false)`)
     }
     for (const name of Object.keys(this.#settings)) {
-      if (!(name in target.settings) && (!trusted || this.#settings[name] !== '')) calls.push(`set_config(${pg.escapeLiteral(name)}, '', false)`)
+      if (!(name in target.settings) && this.#settings[name] !== '') calls.push(`set_config(${pg.escapeLiteral(name)}, '', false)`)
     }
     if (calls.length > 0) statements.push(`SELECT ${calls.join(', ')}`)
     return statements.join('; ')
@@ -99,15 +252,18 @@ export class SessionState {
       for (const name of Object.keys(this.#settings)) merged[name] = ''
       this.#settings = Object.keys(merged).length === 0 ? target.settings : Object.assign(merged, target.settings)
     }
-    this.#trusted = true
   }
 
-  /** Notes a statement the client ran: a `SET`, `RESET`, `DISCARD` or `set_config` makes the state untrusted. */
-  observe (sql: string): void {
-    if (this.#trusted && CHANGES_SESSION.test(sql)) this.#trusted = false
+  /**
+   * Notes a statement text the application sends on the connection (`undefined`
+   * when its text is not known): one that may change the session makes the
+   * state untrusted for good.
+   */
+  observe (sql: string | undefined): void {
+    if (this.#trusted && (sql === undefined || changesSession(sql))) this.#trusted = false
   }
 
-  /** Whether the remembered state can be relied on. */
+  /** False once a statement may have changed the session: the connection must then be destroyed. */
   get trusted (): boolean {
     return this.#trusted
   }
