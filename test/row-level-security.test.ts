@@ -5,7 +5,7 @@
 import t from 'tap'
 import { sql } from 'kysely'
 import { randomBytes } from 'node:crypto'
-import { createTenancy, rowLevelSecurityStatements } from '../lib/index.js'
+import { createTenancy, discoverTenantTables, rowLevelSecurityStatements } from '../lib/index.js'
 import { adminQuery, createDatabase, query } from './helpers/database.js'
 import { createTenantSchema, schemaInstances, type TenantDB } from './helpers/tenant-schema.js'
 
@@ -74,4 +74,27 @@ t.test('the one pooled connection never keeps a stale instance', async (t) => {
       t.same((await trx.selectFrom('student').select('iid').distinct().execute()), [{ iid: 1 }], 'plugin and policy together')
     })
   })
+})
+
+t.test('views: security_invoker instead of policies, so that a view owned by a superuser does not bypass them', async (t) => {
+  await query(url, `create view student_names as select id, iid, name from student;
+    create materialized view student_copy as select id, iid, name from student;
+    grant select on student_names, student_copy to ${role}`)
+  const count = async (): Promise<number> => (await sql<{ n: number }>`select count(*)::int as n from student_names`.execute(db)).rows[0]!.n
+  t.equal(await tenancy.runAsInstance(1, count), 12, 'the view reads the table with its owner\'s rights: every instance\'s rows')
+  const statements = rowLevelSecurityStatements({ student_names: { kind: 'must', relation: 'view' }, student_copy: { kind: 'must', relation: 'materialized view' } })
+  t.same(statements, ['alter view "student_names" set (security_invoker = true)'], 'a view gets security_invoker; a materialized view cannot be made safe and gets nothing')
+  for (const statement of statements) await query(url, statement)
+  t.equal(await tenancy.runAsInstance(1, count), 4, 'the policies of the table now bind whoever queries the view')
+  t.equal(await tenancy.runAsInstance(3, count), 4)
+  t.equal(await count(), 0, 'no context: nothing')
+  await tenancy.unscoped(async () => { t.equal(await count(), 12) })
+
+  const discovered = await discoverTenantTables({ query: async (text, values) => ({ rows: await query(url, text, values) }) })
+  t.same(discovered.toJSON()['public.student_names'], { kind: 'may', relation: 'view' }, 'discovery tells views apart')
+  const fromDiscovery = rowLevelSecurityStatements(discovered)
+  t.ok(fromDiscovery.includes('alter view "public"."student_names" set (security_invoker = true)'))
+  t.notOk(fromDiscovery.some((statement) => statement.includes('student_names') && statement.startsWith('alter table')), 'no table statement for a view (they fail on views)')
+  t.notOk(fromDiscovery.some((statement) => statement.includes('student_copy')))
+  t.throws(() => rowLevelSecurityStatements({ v: { kind: 'must', relation: 'index' as 'view' } }), { code: 'TENANCY_INVALID_OPTIONS' })
 })
