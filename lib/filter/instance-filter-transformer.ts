@@ -546,6 +546,14 @@ const TARGET_NEXT = /^[ \t\n\r\f\v]*(?:\.[ \t\n\r\f\v]*(?:"((?:[^"]|"")+)"|([A-Z
  * a field, a subscript or nothing.
  */
 function targetNames (column: OperationNode): readonly string[] | undefined {
+  // `set('name', …)` is a reference: read it without compiling.
+  if (column.kind === 'ReferenceNode' && (column as ReferenceNode).column.kind === 'ColumnNode') {
+    const { column: name, table } = column as ReferenceNode
+    const names = [(name as ColumnNode).column.name]
+    if (table !== undefined) names.push(table.table.identifier.name)
+    if (table?.table.schema !== undefined) names.push(table.table.schema.name)
+    return names
+  }
   const text = compiler.compileQuery(column as RootOperationNode, COMPILE_ID).sql
   const names: string[] = []
   let match = TARGET_START.exec(text)
