@@ -52,23 +52,25 @@ t.test('maxPools: the least recently used idle pool is closed, never one with a 
 })
 
 t.test('when every pool is busy a new datasource waits for a slot, and fails with 503 after the timeout', async (t) => {
-  const pools = new PoolManager(urls, { maxPools: 1, pool: { connectionTimeoutMillis: 150 } })
+  // Only b's wait is short: connecting a and c may take long on a loaded machine.
+  const pools = new PoolManager({ ...urls, b: { connectionString: urls.b, connectionTimeoutMillis: 150 } }, { maxPools: 1, pool: { connectionTimeoutMillis: 20000 } })
   t.teardown(() => pools.close())
   const held = await pools.acquire('a', 'alpha')
   const err = await pools.acquire('b', 'beta').catch((err: unknown) => err)
   t.match(err, { code: 'TENANCY_DATASOURCE_UNAVAILABLE', statusCode: 503, message: /"beta"/ })
   t.match((err as Error).cause, { message: /All 1 connection pools \(maxPools\) had clients checked out for 150 ms/ })
-  const waiting = pools.acquire('b')
+  const waiting = pools.acquire('c')
   await until(() => pools.counts().waiting === 1, 'the caller waits')
   pools.release(held)
-  const b = await waiting
-  t.equal(await database(b), dbName(urls.b), 'the freed slot went to the waiter')
-  t.same(pools.status().map((s) => s.datasource), ['b'])
-  pools.release(b)
+  const c = await waiting
+  t.equal(await database(c), dbName(urls.c), 'the freed slot went to the waiter')
+  t.same(pools.status().map((s) => s.datasource), ['c'])
+  pools.release(c)
 })
 
 t.test('per-datasource max and connection timeout: an exhausted pool fails with 503', async (t) => {
-  const pools = new PoolManager({ ...urls, a: { connectionString: urls.a, max: 1, connectionTimeoutMillis: 100 } }, { pool: { max: 3 } })
+  // Long enough for the first connect on a loaded machine; the second acquire waits it out.
+  const pools = new PoolManager({ ...urls, a: { connectionString: urls.a, max: 1, connectionTimeoutMillis: 1000 } }, { pool: { max: 3 } })
   t.teardown(() => pools.close())
   const first = await pools.acquire('a')
   await t.rejects(pools.acquire('a'), { code: 'TENANCY_DATASOURCE_UNAVAILABLE' }, 'a has max 1')
