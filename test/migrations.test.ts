@@ -263,6 +263,34 @@ t.test('a database that is down: its target says so with a 503, the others migra
   t.same(status.filter((entry) => entry.error !== undefined).map((entry) => entry.target), ['isolated:gone'], 'the others are read')
 })
 
+t.test('reverting a migration without down fails its target after the ones before it were reverted', async (t) => {
+  const provider = {
+    getMigrations: async () => ({
+      '001_oneway': { async up (db: any) { await db.schema.createTable('oneway').addColumn('x', 'integer').execute() } },
+      '002_twoway': {
+        async up (db: any) { await db.schema.createTable('twoway').addColumn('x', 'integer').execute() },
+        async down (db: any) { await db.schema.dropTable('twoway').execute() },
+      },
+    }),
+  }
+  const oneway = await createTenancy({
+    instances: [{ name: 'o', id: 1, schema: 'tenant_oneway' }],
+    datasources: { default: main },
+    tables: {},
+    migrations: { instance: provider, tableName: 'oneway_migration' },
+  })
+  t.teardown(() => oneway.close())
+  t.equal((await oneway.migrate()).ok, true)
+  const report = await oneway.migrate({ to: NO_MIGRATIONS })
+  const [target] = report.targets
+  t.equal(target!.status, 'error')
+  t.equal(target!.failedMigration, '001_oneway')
+  t.match(String(target!.error), /has no down method/)
+  t.same(target!.results.map((result) => [result.migrationName, result.direction, result.status]), [['002_twoway', 'Down', 'Success'], ['001_oneway', 'Down', 'Error']])
+  t.same(await executed(main, 'tenant_oneway', 'oneway_migration'), ['001_oneway'], 'the revert of 002 stays')
+  t.same(await tables(main, 'tenant_oneway'), ['oneway', 'oneway_migration', 'oneway_migration_lock'])
+})
+
 t.test('a migration that changes search_path cannot send the next one to public', async (t) => {
   const provider = {
     getMigrations: async () => ({
