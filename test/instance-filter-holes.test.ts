@@ -4,12 +4,15 @@
 // 1–4; their rows share primary keys.
 import t from 'tap'
 import { sql, type Kysely } from 'kysely'
-import { createTenancy } from '../lib/index.js'
+import { createTenancy, InstanceFilterPlugin } from '../lib/index.js'
 import { createDatabase, query } from './helpers/database.js'
 import { createTenantSchema, schemaInstances, type TenantDB } from './helpers/tenant-schema.js'
 
 const url = await createDatabase(t, 'tenant_filter_holes')
 await createTenantSchema(url)
+// A tenant column of the longest name PostgreSQL keeps: a longer name is cut to it.
+const WIDE = 'tenant_' + 'x'.repeat(56)
+await query(url, `create table wide (id int not null, ${WIDE} int not null, note text); insert into wide values (1, 2, 'two'), (1, 3, 'three')`)
 const tenancy = await createTenancy({ instances: schemaInstances, datasources: { default: url } })
 t.teardown(() => tenancy.close())
 const db = tenancy.kysely<TenantDB>()
@@ -316,4 +319,23 @@ t.test('a raw statement or CREATE TABLE … AS holding a builder made under anot
   await tenancy.runAsInstance('b', async () => {
     t.equal(plain.compile(db).query, plain.toOperationNode())
   })
+})
+
+t.test('a name PostgreSQL cuts to the tenant column is the tenant column', async (t) => {
+  const wide = anyDb.withoutPlugins().withPlugin(new InstanceFilterPlugin({ tables: { wide: 'must' }, tenantColumn: WIDE }))
+  const longer = WIDE + '_moved'
+  // PostgreSQL itself reads the longer name as the tenant column.
+  t.same(await query(url, `update wide set ${longer} = 4 where ${WIDE} = 3 returning ${WIDE} as iid`), [{ iid: 4 }])
+  await query(url, `update wide set ${WIDE} = 3 where ${WIDE} = 4`)
+  await tenancy.runAsInstance('b', async () => {
+    const set = wide.updateTable('wide').set(longer, 3)
+    t.throws(() => set.compile(), { code: 'TENANCY_MISMATCH' })
+    await t.rejects(set.execute(), { code: 'TENANCY_MISMATCH' })
+    await t.rejects(wide.updateTable('wide').set({ [longer]: 3 }).execute(), { code: 'TENANCY_MISMATCH' })
+    await t.rejects(wide.insertInto('wide').values({ id: 2, [longer]: 3 }).execute(), { code: 'TENANCY_MISMATCH' })
+    const keep = wide.updateTable('wide').set(longer, 2).set('note', 'kept')
+    t.equal(keep.compile().sql, `update "wide" set "${longer}" = $1, "note" = $2 where "wide"."${WIDE}" = $3`)
+    await keep.execute()
+  })
+  t.same(await query(url, `select ${WIDE} as iid, note from wide order by 1`), [{ iid: 2, note: 'kept' }, { iid: 3, note: 'three' }])
 })
