@@ -7,6 +7,7 @@
 // statements are valid SQL and run.
 import fc from 'fast-check'
 import { sql, type Compilable } from 'kysely'
+import { jsonArrayFrom, jsonObjectFrom } from 'kysely/helpers/postgres'
 
 export type TableName = 'student' | 'course' | 'role' | 'tag' | 'country'
 
@@ -386,6 +387,7 @@ class StatementGenerator {
     const kind = this.#weighted([
       [40, 'ref'], [8, 'raw'], [6, 'raw or'], [subqueries && this.#room() ? 10 : 0, 'scalar subquery'], [subqueries && this.#room() ? 5 : 0, 'exists'],
       [5, 'case'], [5, 'coalesce'], [3, 'cast'], [2, 'neg'], [window ? 3 : 0, 'window'], [subqueries && this.#room() ? 2 : 0, 'case exists'],
+      [subqueries && this.#room() ? 4 : 0, 'json helper'],
     ] as const)
     this.#feature(`selection:${kind}`)
     switch (kind) {
@@ -407,6 +409,16 @@ class StatementGenerator {
       case 'window': {
         const over = lambda('ob', this.#call(slot('ob'), 'partitionBy', str(this.#column(es, undefined, false).ref)))
         return call(this.#call(this.#call(prop(EB, 'fn'), 'countAll'), 'over', over), 'as', str(alias))
+      }
+      case 'json helper': {
+        // Kysely's JSON helpers wrap the query in raw SQL: `(select coalesce(json_agg(agg), '[]') from (…) as agg)`.
+        if (this.#chance(0.5)) {
+          const sub = this.#select(this.#child(es), 'scalar', EB)
+          return call(piece(`jsonObjectFrom(${sub.piece.code})`, (c, s) => jsonObjectFrom(sub.piece.make(c, s))), 'as', str(alias))
+        }
+        // Ordered, so that json_agg builds the same array on both sides.
+        const sub = this.#call(this.#select(this.#child(es), 'int1', EB).piece, 'orderBy', raw('1'))
+        return call(piece(`jsonArrayFrom(${sub.code})`, (c, s) => jsonArrayFrom(sub.make(c, s))), 'as', str(alias))
       }
       case 'case exists': {
         let c = this.#call(EB, 'case')
