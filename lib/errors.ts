@@ -59,6 +59,25 @@ export const UnknownInstanceError = define('TENANCY_UNKNOWN_INSTANCE', 404,
 export const InstanceDisabledError = define('TENANCY_INSTANCE_DISABLED', 403,
   'The instance %s is disabled.')
 
+/**
+ * 400: a new instance's name is taken once case is ignored, or its schema or
+ * database name would be another instance's. It has the code of
+ * {@link InvalidInstanceNameError}, and `instanceof` says it is one.
+ */
+export const InstanceNameCollisionError = define('TENANCY_INVALID_INSTANCE_NAME', 400,
+  'The instance name %s cannot be used: %s')
+
+/** 409: an instance with that name or id exists or is being created, or something the new instance needs is someone else's. */
+export const InstanceExistsError = define('TENANCY_INSTANCE_EXISTS', 409, '%s')
+
+/** 503: the instance exists but is not ready (being provisioned, or its creation failed). */
+export const InstanceNotReadyError = define('TENANCY_INSTANCE_NOT_READY', 503,
+  'The instance %s is not ready: it is %s.')
+
+/** 403: the request's verified token belongs to another instance than the one the request asks for, or names none. */
+export const InstanceForbiddenError = define('TENANCY_INSTANCE_FORBIDDEN', 403,
+  'This token may not act on the instance the request asks for: %s')
+
 /** 500: a tenant table was queried with no instance in context. */
 export const NoContextError = define('TENANCY_NO_CONTEXT', 500,
   'The table %s belongs to instances, but this query runs outside any instance: use runAsInstance(), runAsHost() or unscoped().')
@@ -95,6 +114,10 @@ export const SessionError = define('TENANCY_SESSION_FAILED', 500, '%s')
 export const NoTenancyError = define('TENANCY_NO_TENANCY', 500,
   '%s() was called outside any tenancy\'s context, so it cannot tell which tenancy to act on: call tenancy.%s() on the tenancy itself.')
 
+/** 500: a job's payload does not name its instance (an id) or host context, so it cannot run. */
+export const InvalidJobError = define('TENANCY_INVALID_JOB', 500,
+  'The job cannot run: %s')
+
 /** 500, at start-up: the options given to createTenancy or the plugin are not valid. */
 export const InvalidOptionsError = define('TENANCY_INVALID_OPTIONS', 500, 'Invalid tenancy options: %s')
 
@@ -104,6 +127,9 @@ export const errorClasses = {
   TENANCY_INSTANCE_REQUIRED: InstanceRequiredError,
   TENANCY_UNKNOWN_INSTANCE: UnknownInstanceError,
   TENANCY_INSTANCE_DISABLED: InstanceDisabledError,
+  TENANCY_INSTANCE_FORBIDDEN: InstanceForbiddenError,
+  TENANCY_INSTANCE_EXISTS: InstanceExistsError,
+  TENANCY_INSTANCE_NOT_READY: InstanceNotReadyError,
   TENANCY_NO_CONTEXT: NoContextError,
   TENANCY_HOST_CONTEXT: HostContextError,
   TENANCY_MISMATCH: MismatchError,
@@ -114,5 +140,6 @@ export const errorClasses = {
   TENANCY_CLOSED: ClosedError,
   TENANCY_SESSION_FAILED: SessionError,
   TENANCY_NO_TENANCY: NoTenancyError,
+  TENANCY_INVALID_JOB: InvalidJobError,
   TENANCY_INVALID_OPTIONS: InvalidOptionsError,
 } as const

@@ -5,6 +5,7 @@
 export {
   TenancyError, errorClasses,
   InvalidInstanceNameError, InstanceRequiredError, UnknownInstanceError, InstanceDisabledError,
+  InstanceNameCollisionError, InstanceExistsError, InstanceNotReadyError, InstanceForbiddenError, InvalidJobError,
   NoContextError, HostContextError, MismatchError, RawSqlError, UnsupportedStatementError, UnknownTableError,
   DatasourceUnavailableError, ClosedError, SessionError, NoTenancyError, InvalidOptionsError,
 } from './errors.js'
@@ -15,8 +16,11 @@ export type { ContextKind, ContextOwner, TenancyContext } from './context.js'
 export { Tenancy, createTenancy } from './tenancy.js'
 export type { TenancyOptions } from './tenancy.js'
 
-export { isValidInstanceName } from './instances/instance.js'
-export type { Instance, InstanceConfig, InstanceMode, InstanceName, InstanceRecord } from './instances/instance.js'
+export { isValidInstanceName, instanceIdentifier } from './instances/instance.js'
+export type { Instance, InstanceConfig, InstanceMode, InstanceName, InstanceRecord, InstanceState } from './instances/instance.js'
+export { databaseStore, DatabaseStore } from './instances/database-store.js'
+export type { DatabaseStoreOptions, StoredInstance, StoreChange } from './instances/database-store.js'
+export type { CreateInstanceInput, CreatedInstance, InstancePatch, ProvisionContext, RemoveInstanceOptions, TenancyEvents } from './lifecycle/instance-lifecycle.js'
 export { InstanceRegistry } from './instances/instance-registry.js'
 export type { InstanceStore } from './instances/instance-registry.js'
 
@@ -38,6 +42,17 @@ export { RoutingPool } from './routing/routing-pool.js'
 export type { RoutingPoolOptions, RoutingStats } from './routing/routing-pool.js'
 export { SessionState, sessionTarget } from './routing/session-state.js'
 export type { SessionSettings, SessionTarget } from './routing/session-state.js'
+
+export { JOB_CONTEXT_KEY, wrapJobData, unwrapJobData, runWrappedJob } from './jobs/job-context.js'
+export type { JobTarget, WrappedJobData, JobTenancy } from './jobs/job-context.js'
+export { InstanceJobs, scheduleKey } from './jobs/instance-jobs.js'
+export type { InstanceScheduleOptions, InstanceUnscheduleOptions, ScheduleChanges } from './jobs/instance-jobs.js'
+export { instanceCache, cacheKey } from './instance-cache.js'
+export type { InstanceCache, AsyncInstanceCache, InstanceCacheOptions, SyncCacheStore, AsyncCacheStore } from './instance-cache.js'
+export { instanceLogMixin } from './log-mixin.js'
+export type { InstanceLogMixinOptions, InstanceLogFields } from './log-mixin.js'
+export { createInstanceBinding, tokenOwner, HOST_CLAIM } from './resolve/instance-binding.js'
+export type { BoundResolution, HostAccess, TokenOwner } from './resolve/instance-binding.js'
 
 // Names of 0.1, kept for one minor version.
 import { InstanceFilterPlugin } from './filter/instance-filter-plugin.js'

@@ -7,9 +7,14 @@ import { PoolManager, type DatasourceConfig, type PoolSettings } from './routing
 import { RoutingPool } from './routing/routing-pool.js'
 import type { SessionSettings } from './routing/session-state.js'
 import { InstanceFilterPlugin } from './filter/instance-filter-plugin.js'
-import { TenantTables, discoverTenantTables, type TenantTablesOption } from './filter/tenant-tables.js'
+import { TenantTables, type TenantTablesOption } from './filter/tenant-tables.js'
+import { TableWatcher } from './filter/table-watcher.js'
 import { RawSqlGuard } from './filter/raw-sql-guard.js'
 import { rowLevelSecuritySettings, withSettings } from './filter/row-level-security.js'
+import { instanceJobs, type InstanceJobs } from './jobs/instance-jobs.js'
+import type { PgBoss } from 'pg-boss'
+import { FleetMigrator, type FleetMigrateOptions, type MigrationReport, type MigrationsOption, type MigrationStatusOptions, type TargetMigrationState } from './lifecycle/fleet-migrator.js'
+import { InstanceLifecycle, type CreateInstanceInput, type CreatedInstance, type InstancePatch, type ProvisionContext, type RemoveInstanceOptions, type TenancyEvents } from './lifecycle/instance-lifecycle.js'
 
 /** Options of {@link createTenancy}. */
 export interface TenancyOptions {
@@ -37,23 +42,76 @@ export interface TenancyOptions {
   /** Extra session settings set on each connection for its context, e.g. for row-level security. Defaults to none. */
   settings?: SessionSettings
   /**
-   * The tenant tables, `must` or `may`, by `table` or `schema.table`. Defaults
-   * to discovery from the default datasource's catalog by `createTenancy`:
-   * every table with the tenant column, `NOT NULL` ⇒ `must`, nullable ⇒ `may`
-   * (call `discoverTables()` again after a migration adds one).
+   * The tenant tables, `must` or `may`, by `table` or `schema.table`; a view
+   * in the long form, `{ kind: 'must', relation: 'view' }`. Defaults to
+   * discovery by `createTenancy` from the catalog of every datasource an
+   * instance uses, merged: every table, view, materialized view, partitioned
+   * or foreign table with the tenant column, `NOT NULL` ⇒ `must`, nullable ⇒
+   * `may`, kept current by `watchTables`.
    */
   tables?: TenantTablesOption
   /**
-   * Refuse raw statements (`sql\`…\``) that name a tenant table outside
-   * `unscoped()` with `TENANCY_RAW_SQL`. Defaults to `false`.
+   * Refuse outside `unscoped()`, with `TENANCY_RAW_SQL`, raw statements
+   * (`sql\`…\``) that name a tenant table or that read rows without naming
+   * their table: `query_to_xml` and the other functions that run SQL given as
+   * text or read a table named by a value, `DO`, `PREPARE` / `EXECUTE`,
+   * `FETCH` / `MOVE`, `CREATE FUNCTION` with a string body, `pg_stats` (the
+   * list: {@link RawSqlGuard}). Defaults to `false`.
    */
   strict?: boolean
   /**
    * Row-level security, the second line of defence: every connection carries
    * the context in the session setting `tenancy.iid` for the policies that
-   * `rowLevelSecurityStatements()` creates. Defaults to `false`.
+   * `rowLevelSecurityStatements()` creates (views get `security_invoker`).
+   * Defaults to `false`.
    */
   rls?: boolean
+  /**
+   * Follow changes to the tables made by any process (a migration run
+   * elsewhere, another server): one connection per watched datasource, outside
+   * the pools, listens to an event trigger on DDL (created when the login is a
+   * superuser; the README says how to create it by hand) or, without one,
+   * reads a catalog fingerprint every 400 ms; the tables are discovered again
+   * within a second. While a change may have gone unseen for longer, queries that
+   * name a table other than a tenant table are refused with
+   * `TENANCY_UNKNOWN_TABLE`. Needs discovered tables (no `tables` option).
+   * Defaults to `true` without `tables`, `false` with it.
+   */
+  watchTables?: boolean
+  /**
+   * Migrations, two Kysely `MigrationProvider`s run by `migrate()`: `instance`
+   * on every physical target (the shared tables of each datasource once, each
+   * schema instance's schema, each isolated instance's database), each target
+   * with its own migration and lock tables; `host` once on the default
+   * datasource, for the tables of no instance.
+   *
+   * ```ts
+   * migrations: { instance: new FileMigrationProvider({ fs, path, migrationFolder: path.resolve('migrations') }) }
+   * ```
+   *
+   * Defaults to none.
+   */
+  migrations?: MigrationsOption
+  /**
+   * Servers on which `createInstance({ mode: 'isolated' })` creates databases,
+   * by name: the connection settings of a login that may `CREATE DATABASE`. A
+   * new database's datasource is the same settings with the database
+   * replaced, added to the pools of every process that sees the instance.
+   *
+   * ```ts
+   * servers: { main: 'postgres://provisioner:secret@db1/postgres' }
+   * ```
+   *
+   * Defaults to none.
+   */
+  servers?: Record<string, DatasourceConfig>
+  /**
+   * Called for each new instance after its migrations, in its context (its
+   * queries are confined to it), e.g. to create its administrator with the
+   * initial `password`. Must be idempotent: a retried creation calls it
+   * again. Defaults to none.
+   */
+  onProvision?: (context: ProvisionContext) => unknown
 }
 
 function isStore (value: unknown): value is InstanceStore {
@@ -75,17 +133,22 @@ export class Tenancy implements ContextOwner {
   #tenantTables: TenantTables | undefined
   readonly #strict: boolean
   #rawSqlGuard: RawSqlGuard | undefined
+  #tableWatcher: TableWatcher | undefined
   #kysely: Kysely<any> | undefined
   #closed = false
+  readonly #migrator: FleetMigrator
+  readonly #discoversTables: boolean
+  readonly #lifecycle: InstanceLifecycle
 
   /** @internal use {@link createTenancy} */
   constructor (options: TenancyOptions) {
     if (options === null || typeof options !== 'object') throw new InvalidOptionsError('createTenancy needs an options object')
     this.#pools = new PoolManager(options.datasources, { maxPools: options.maxPools, poolIdleTimeoutMillis: options.poolIdleTimeoutMillis, pool: options.pool })
     if (options.settings !== undefined && typeof options.settings !== 'function') throw new InvalidOptionsError('settings must be a function of the context that returns the session settings')
-    for (const flag of ['strict', 'rls'] as const) {
+    for (const flag of ['strict', 'rls', 'watchTables'] as const) {
       if (options[flag] !== undefined && typeof options[flag] !== 'boolean') throw new InvalidOptionsError(`${flag} must be true or false`)
     }
+    if (options.watchTables === true && options.tables !== undefined) throw new InvalidOptionsError('watchTables follows discovered tables: leave out the tables option, or watchTables')
     this.#settings = options.rls === true ? withSettings(options.settings, rowLevelSecuritySettings()) : options.settings
     this.#strict = options.strict === true
     if (options.tables !== undefined) this.#tenantTables = new TenantTables(options.tables)
@@ -94,6 +157,22 @@ export class Tenancy implements ContextOwner {
     if (typeof this.tenantColumn !== 'string' || !SAFE_IDENTIFIER.test(this.tenantColumn)) {
       throw new InvalidOptionsError(`tenantColumn ${JSON.stringify(this.tenantColumn)} is not a safe column name`)
     }
+    this.#migrator = new FleetMigrator(options)
+    this.#discoversTables = options.tables === undefined
+    this.#lifecycle = new InstanceLifecycle({
+      pools: this.#pools,
+      tenantTables: () => this.#tenantTables,
+      kysely: () => this.kysely(),
+      // Past the gate: provisioning and removal work on instances that are not ready, or disabled.
+      runAs: (instance, fn) => enterContext(this, 'instance', instance, fn),
+      migrate: async (instance) => {
+        if (options.migrations?.instance === undefined) return
+        const report = await this.migrate({ only: [instance.id], sets: 'instance' })
+        const failed = report.targets.find((target) => target.status !== 'success')
+        if (failed !== undefined) throw failed.error ?? new Error(`the migrations of ${failed.target} ended ${failed.status}`)
+      },
+      instanceReady: () => { if (this.#discoversTables && !this.#closed) this.discoverTables().catch(() => {}) },
+    }, options)
   }
 
   /** @internal The pool manager, for the routing driver and tests. */
@@ -162,30 +241,160 @@ export class Tenancy implements ContextOwner {
   }
 
   /**
-   * Reads the tenant tables from the default datasource's catalog (every
-   * schema) and uses them from now on: for a tenancy made without `tables`,
-   * after a migration that adds a tenant table.
+   * Reads the tenant tables from the catalog of every datasource an instance
+   * uses (every schema), merges them and uses them from now on: after a
+   * migration that adds a tenant table, when `watchTables` is off. A
+   * datasource other than `default` that cannot be reached is left out: its
+   * instances' queries may then name only tenant tables (others fail with
+   * `TENANCY_UNKNOWN_TABLE`) until it is read, which is tried again every
+   * second. Reads of one datasource run one at a time, and each new set of
+   * tables replaces the last at once.
    */
   async discoverTables (): Promise<TenantTables> {
-    const lease = await this.#pools.acquire('default')
-    try {
-      this.#tenantTables = await discoverTenantTables(lease.client, this.tenantColumn)
-    } finally {
-      this.#pools.release(lease)
-    }
-    return this.#tenantTables
+    this.#tableWatcher ??= new TableWatcher({
+      pools: this.#pools,
+      instances: this.instances,
+      tenantColumn: this.tenantColumn,
+      context: () => this.currentInstance(),
+      publish: (tables) => { this.#tenantTables = tables },
+    })
+    return await this.#tableWatcher.discover()
   }
 
-  /** @internal Start-up work of createTenancy: table discovery, the strict parser. */
+  /** @internal Start-up work of createTenancy: table discovery and watching, the strict parser. */
   async prepareTenantFilter (options: TenancyOptions): Promise<void> {
     if (options.tables === undefined) await this.discoverTables()
+    if (options.watchTables ?? options.tables === undefined) await this.#tableWatcher!.watch(options.datasources, options.pool)
     if (this.#strict) this.#rawSqlGuard = await RawSqlGuard.load(() => this.#tenantTables!)
+  }
+
+  /**
+   * Runs the `migrations` on every physical target, in parallel within the
+   * pool budget, and returns one result per target instead of throwing: a
+   * failing target stays at its last good migration and never stops the
+   * others. When a migration ran, the tenant tables are discovered again
+   * (unless the `tables` option lists them). Throws only before anything
+   * runs: `TENANCY_UNKNOWN_INSTANCE` for an unknown name in `only`,
+   * `TENANCY_INVALID_OPTIONS` for bad options.
+   *
+   * ```ts
+   * const report = await tenancy.migrate({ concurrency: 8 })
+   * for (const target of report.targets) if (target.status !== 'success') console.error(target.target, target.failedMigration, target.error)
+   * ```
+   */
+  async migrate (options: FleetMigrateOptions = {}): Promise<MigrationReport> {
+    const report = await this.#migrator.migrate(this.#pools, this.instances, options)
+    if (report.changed && this.#discoversTables) {
+      try {
+        await this.discoverTables()
+      } catch (err) {
+        report.discoveryError = err
+      }
+    }
+    return report
+  }
+
+  /** Each migration target's version (its last applied migration) and pending migrations. */
+  async migrationStatus (options: MigrationStatusOptions = {}): Promise<TargetMigrationState[]> {
+    return await this.#migrator.status(this.#pools, this.instances, options)
+  }
+
+  /**
+   * The jobs layer over a pg-boss instance the application created: `send`
+   * records the current instance in the job, `work` runs each job as its
+   * instance, `schedule` keeps one cron entry per instance. The same object for
+   * the same `boss`.
+   *
+   * ```ts
+   * const jobs = tenancy.jobs(boss)
+   * await jobs.work('report', async ([job]) => { await db.insertInto('report').values(job.data).execute() }) // runs as the sender's instance
+   * ```
+   */
+  jobs (boss: PgBoss): InstanceJobs {
+    return instanceJobs(this, boss)
+  }
+
+  /**
+   * Creates an instance in the `instances` store (a {@link databaseStore}),
+   * provisions it and returns it `ready` with its administrator's initial
+   * password: `shared` makes nothing physical, `schema` a schema (and with
+   * `role` a role of its own), `isolated` a database on one of `servers`; then
+   * the instance migrations on its target, then `onProvision` as the instance.
+   * Requests to it get 503 `TENANCY_INSTANCE_NOT_READY` until it is ready. A
+   * step that fails leaves it `failed` and throws; calling `createInstance`
+   * again with the same name and mode resumes it. Every process sees it within
+   * a second. A name taken (also by another process creating it now) throws
+   * 409 `TENANCY_INSTANCE_EXISTS`; one differing only in case, or whose schema or
+   * database would be another's, 400 `TENANCY_INVALID_INSTANCE_NAME`.
+   *
+   * ```ts
+   * const { instance, password } = await tenancy.createInstance({ name: 'acme', mode: 'schema', title: 'Acme', role: true })
+   * // create schema "tenant_acme"; create role "tenant_acme" login password 'SCRAM-SHA-256$…'; … migrations …
+   * ```
+   */
+  async createInstance (input: CreateInstanceInput): Promise<CreatedInstance> {
+    return await this.#lifecycle.create(input)
+  }
+
+  /**
+   * Changes an instance's `title`, `config` (replaced whole) or `disabled`, in
+   * every process within a second; its name, id, mode, schema, role, datasource
+   * and server cannot change while it lives.
+   *
+   * ```ts
+   * await tenancy.updateInstance('acme', { config: { plan: 'pro' }, disabled: false })
+   * ```
+   */
+  async updateInstance (nameOrId: InstanceName | number, patch: InstancePatch): Promise<Instance> {
+    return await this.#lifecycle.update(nameOrId, patch)
+  }
+
+  /**
+   * Removes an instance: disables it first (new requests get 403), then with
+   * `drop` deletes its rows from every tenant table (shared), drops its schema
+   * and role (schema) or its database after closing its pool (isolated), and
+   * deletes its record; without `drop` the record is marked removed and the
+   * data stays. Only what provisioning made is dropped. Its id is never reused.
+   *
+   * ```ts
+   * await tenancy.removeInstance('acme', { drop: true })
+   * ```
+   */
+  async removeInstance (nameOrId: InstanceName | number, options: RemoveInstanceOptions = {}): Promise<void> {
+    await this.#lifecycle.remove(nameOrId, options)
+  }
+
+  /**
+   * Listens to the instances' changes, fired in every process that sees them:
+   * `instanceCreated` (ready), `instanceUpdated`, `instanceRemoved`,
+   * `provisionFailed`. A listener that throws is reported as a warning.
+   *
+   * ```ts
+   * tenancy.on('instanceCreated', (instance) => { console.log('new instance', instance.name) })
+   * ```
+   */
+  on<E extends keyof TenancyEvents> (event: E, listener: (...args: TenancyEvents[E]) => void): this {
+    this.#lifecycle.events.on(event, listener as (...args: unknown[]) => void)
+    return this
+  }
+
+  /** Stops `listener` listening to `event`. */
+  off<E extends keyof TenancyEvents> (event: E, listener: (...args: TenancyEvents[E]) => void): this {
+    this.#lifecycle.events.off(event, listener as (...args: unknown[]) => void)
+    return this
+  }
+
+  /** @internal Start-up work of createTenancy: the instance store's table, seeds and rows. */
+  async openInstances (): Promise<void> {
+    await this.#lifecycle.start()
   }
 
   /** Ends every pool this tenancy opened. Safe to call twice. */
   async close (): Promise<void> {
     if (this.#closed) return
     this.#closed = true
+    await this.#lifecycle.close()
+    await this.#tableWatcher?.close()
     if (this.#kysely) await this.#kysely.destroy()
     await this.#pools.close()
   }
@@ -205,6 +414,7 @@ export class Tenancy implements ContextOwner {
 export async function createTenancy (options: TenancyOptions): Promise<Tenancy> {
   const tenancy = new Tenancy(options)
   try {
+    await tenancy.openInstances()
     await tenancy.prepareTenantFilter(options)
   } catch (err) {
     await tenancy.close()

@@ -2,8 +2,7 @@
 import type { InsertOptions, Job, JobInsert, JobResult, PgBoss, Request, Schedule, ScheduleOptions, SendOptions, WorkHandler, WorkHandlerFor, WorkOptions } from 'pg-boss'
 import { InvalidOptionsError } from '../errors.js'
 import type { InstanceName } from '../instances/instance.js'
-import type { Tenancy } from '../tenancy.js'
-import { currentJobTarget, runInTarget, unwrapJobData, wrapFor, type JobTarget } from './job-context.js'
+import { currentJobTarget, runInTarget, unwrapJobData, wrapFor, type JobTarget, type JobTenancy } from './job-context.js'
 
 /** Options of {@link InstanceJobs.schedule}: pg-boss's `ScheduleOptions` plus the instances. */
 export type InstanceScheduleOptions = ScheduleOptions & {
@@ -84,11 +83,11 @@ type AnyHandler = (jobs: Job<any>[], tx?: any) => any
 export class InstanceJobs {
   /** The pg-boss instance, for everything this layer does not wrap. */
   readonly boss: PgBoss
-  readonly #tenancy: Tenancy
+  readonly #tenancy: JobTenancy
   readonly #followed = new Map<string, Followed>()
 
   /** @internal use `tenancy.jobs(boss)` */
-  constructor (tenancy: Tenancy, boss: PgBoss) {
+  constructor (tenancy: JobTenancy, boss: PgBoss) {
     if (boss === null || typeof boss !== 'object' || typeof boss.send !== 'function' || typeof boss.work !== 'function') {
       throw new InvalidOptionsError('jobs() needs a PgBoss instance')
     }
@@ -325,13 +324,13 @@ export class InstanceJobs {
   }
 }
 
-const made = new WeakMap<Tenancy, WeakMap<PgBoss, InstanceJobs>>()
+const made = new WeakMap<JobTenancy, WeakMap<PgBoss, InstanceJobs>>()
 
 /**
  * The jobs layer of `tenancy` over `boss`: one per pair, so every part of an
  * application shares the schedules it follows. `tenancy.jobs(boss)` calls it.
  */
-export function instanceJobs (tenancy: Tenancy, boss: PgBoss): InstanceJobs {
+export function instanceJobs (tenancy: JobTenancy, boss: PgBoss): InstanceJobs {
   let byBoss = made.get(tenancy)
   if (byBoss === undefined) made.set(tenancy, byBoss = new WeakMap())
   let jobs = byBoss.get(boss)

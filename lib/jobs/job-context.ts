@@ -1,5 +1,7 @@
 import { InvalidJobError, NoContextError, quote } from '../errors.js'
-import type { Tenancy } from '../tenancy.js'
+import type { ContextOwner, TenancyContext } from '../context.js'
+import type { Instance, InstanceName } from '../instances/instance.js'
+import type { InstanceStore } from '../instances/instance-registry.js'
 
 /**
  * The key a job's payload carries its context under: `{ instance: <id> }` for
@@ -20,8 +22,18 @@ export type JobTarget = { readonly instance: number } | { readonly host: true }
 /** A payload with its context recorded under {@link JOB_CONTEXT_KEY}. */
 export type WrappedJobData<T> = T & { readonly [JOB_CONTEXT_KEY]: JobTarget }
 
-/** The part of a tenancy the job functions use. */
-export type JobTenancy = Pick<Tenancy, 'context' | 'runAsInstance' | 'runAsHost'>
+/**
+ * The part of a tenancy the jobs layer uses (a `Tenancy` is one). Structural,
+ * so the jobs layer does not import the tenancy that builds it.
+ */
+export interface JobTenancy extends ContextOwner {
+  /** This tenancy's current frame. */
+  context (): TenancyContext | undefined
+  /** The instance by name or id; throws for unknown and disabled ones. */
+  getInstance (nameOrId: InstanceName | number): Instance
+  /** The instances. */
+  readonly instances: InstanceStore
+}
 
 const HOST: JobTarget = Object.freeze({ host: true })
 
@@ -38,7 +50,7 @@ function noContext (message: string): Error {
  * anywhere else: a job must never be sent that nobody can tell where to run.
  * @internal
  */
-export function currentJobTarget (tenancy: Pick<Tenancy, 'context'>): JobTarget {
+export function currentJobTarget (tenancy: Pick<JobTenancy, 'context'>): JobTarget {
   const context = tenancy.context()
   if (context?.instance !== undefined) return { instance: context.instance.id }
   if (context?.kind === 'host') return HOST
@@ -72,7 +84,7 @@ export function wrapFor<T extends object> (target: JobTarget, data: T | null | u
  * // job.data: { day: '2026-11-23', __tenancy: { instance: 2 } }
  * ```
  */
-export function wrapJobData<T extends object> (tenancy: Pick<Tenancy, 'context'>, data?: T | null): WrappedJobData<T> {
+export function wrapJobData<T extends object> (tenancy: Pick<JobTenancy, 'context'>, data?: T | null): WrappedJobData<T> {
   return wrapFor(currentJobTarget(tenancy), data)
 }
 
@@ -115,7 +127,7 @@ function readTarget (mark: unknown): JobTarget {
 }
 
 /** @internal Runs `fn` in `target`'s context; the instance passes the one gate (unknown, disabled) synchronously. */
-export function runInTarget<R> (tenancy: Pick<Tenancy, 'runAsInstance' | 'runAsHost'>, target: JobTarget, fn: () => R): R {
+export function runInTarget<R> (tenancy: Pick<JobTenancy, 'runAsInstance' | 'runAsHost'>, target: JobTarget, fn: () => R): R {
   return 'host' in target ? tenancy.runAsHost(fn) : tenancy.runAsInstance(target.instance, fn)
 }
 
