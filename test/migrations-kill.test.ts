@@ -10,6 +10,7 @@ import { createTenancy } from '../lib/index.js'
 import { MIGRATION_LOCK_NAMESPACE } from '../lib/lifecycle/migration-lock.js'
 import { createDatabase, query } from './helpers/database.js'
 import { FLEET_MIGRATIONS, fleetMigrations } from './fixtures/migrations/fleet-migrations.js'
+import { executed } from './fixtures/migrations/fleet-checks.js'
 
 const main = await createDatabase(t, 'migrations_kill')
 const iso = await createDatabase(t, 'migrations_kill_iso')
@@ -29,12 +30,6 @@ const places: Record<string, [string, string]> = {
   'schema:default.tenant_globex': [main, 'tenant_globex'],
   'schema:default.tenant_initech': [main, 'tenant_initech'],
   'isolated:iso': [iso, 'public'],
-}
-
-async function executed (url: string, schema: string): Promise<string[]> {
-  const [{ present }] = await query<{ present: boolean }>(url, 'select to_regclass($1) is not null as present', [`"${schema}".kysely_migration`]) as [{ present: boolean }]
-  if (!present) return []
-  return (await query<{ name: string }>(url, `select name from "${schema}".kysely_migration order by name`)).map((row) => row.name)
 }
 
 t.test('killed with SIGKILL inside a migration, then a second run', async (t) => {

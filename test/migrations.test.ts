@@ -1,17 +1,18 @@
 // Fleet migrations on a real PostgreSQL: shared tables, schemas and isolated
 // databases, each target with its own migration table and lock. The tests
-// run in order on one fleet, each starting from where the previous one left it.
+// run in order on one fleet, each starting from where the previous one left it
+// (runs at once, locks and the budget: migrations-concurrency.test.ts).
 import t from 'tap'
-import pg from 'pg'
 import { promises as fs } from 'node:fs'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { sql, type Generated } from 'kysely'
-import { FileMigrationProvider, NO_MIGRATIONS, type MigrationResult } from 'kysely/migration'
+import type { Generated } from 'kysely'
+import { FileMigrationProvider, NO_MIGRATIONS } from 'kysely/migration'
 import { createTenancy, type TenancyOptions } from '../lib/index.js'
-import type { MigrationProgress, MigrationReport, TargetMigrationResult } from '../lib/lifecycle/fleet-migrator.js'
+import type { MigrationProgress } from '../lib/lifecycle/fleet-migrator.js'
 import { createDatabase, query } from './helpers/database.js'
 import { FLEET_MIGRATIONS, fleetMigrations } from './fixtures/migrations/fleet-migrations.js'
+import { byTarget, columns, executed, ran, tables } from './fixtures/migrations/fleet-checks.js'
 
 const main = await createDatabase(t, 'migrations')
 const iso1 = await createDatabase(t, 'migrations_iso1')
@@ -51,30 +52,6 @@ const places: Record<string, [string, string]> = {
   'isolated:iso2': [iso2, 'public'],
 }
 const INSTANCE_TARGETS = Object.keys(places)
-
-async function tables (url: string, schema: string): Promise<string[]> {
-  const rows = await query<{ name: string }>(url, 'select tablename as name from pg_tables where schemaname = $1 order by 1', [schema])
-  return rows.map((row) => row.name)
-}
-
-async function executed (url: string, schema: string, table = 'kysely_migration'): Promise<string[]> {
-  const [{ present }] = await query<{ present: boolean }>(url, 'select to_regclass($1) is not null as present', [`"${schema}"."${table}"`]) as [{ present: boolean }]
-  if (!present) return []
-  return (await query<{ name: string }>(url, `select name from "${schema}"."${table}" order by name`)).map((row) => row.name)
-}
-
-async function columns (url: string, schema: string, table: string): Promise<string[]> {
-  const rows = await query<{ name: string }>(url, 'select column_name as name from information_schema.columns where table_schema = $1 and table_name = $2 order by ordinal_position', [schema, table])
-  return rows.map((row) => row.name)
-}
-
-function byTarget (report: MigrationReport): Record<string, TargetMigrationResult> {
-  return Object.fromEntries(report.targets.map((target) => [target.target, target]))
-}
-
-function ran (result: TargetMigrationResult | undefined, direction: MigrationResult['direction'] = 'Up'): string[] {
-  return (result?.results ?? []).filter((r) => r.status === 'Success' && r.direction === direction).map((r) => r.migrationName)
-}
 
 t.test('the targets: the shared tables once, each schema, each isolated database, the host set apart', async (t) => {
   const status = await ten.migrationStatus()
@@ -261,151 +238,4 @@ t.test('a database that is down: its target says so with a 503, the others migra
   const goneStatus = status.find((entry) => entry.target === 'isolated:gone')!
   t.match(goneStatus, { version: null, executed: [], pending: [], error: { code: 'TENANCY_DATASOURCE_UNAVAILABLE', statusCode: 503 } })
   t.same(status.filter((entry) => entry.error !== undefined).map((entry) => entry.target), ['isolated:gone'], 'the others are read')
-})
-
-t.test('reverting a migration without down fails its target after the ones before it were reverted', async (t) => {
-  const provider = {
-    getMigrations: async () => ({
-      '001_oneway': { async up (db: any) { await db.schema.createTable('oneway').addColumn('x', 'integer').execute() } },
-      '002_twoway': {
-        async up (db: any) { await db.schema.createTable('twoway').addColumn('x', 'integer').execute() },
-        async down (db: any) { await db.schema.dropTable('twoway').execute() },
-      },
-    }),
-  }
-  const oneway = await createTenancy({
-    instances: [{ name: 'o', id: 1, schema: 'tenant_oneway' }],
-    datasources: { default: main },
-    tables: {},
-    migrations: { instance: provider, tableName: 'oneway_migration' },
-  })
-  t.teardown(() => oneway.close())
-  t.equal((await oneway.migrate()).ok, true)
-  const report = await oneway.migrate({ to: NO_MIGRATIONS })
-  const [target] = report.targets
-  t.equal(target!.status, 'error')
-  t.equal(target!.failedMigration, '001_oneway')
-  t.match(String(target!.error), /has no down method/)
-  t.same(target!.results.map((result) => [result.migrationName, result.direction, result.status]), [['002_twoway', 'Down', 'Success'], ['001_oneway', 'Down', 'Error']])
-  t.same(await executed(main, 'tenant_oneway', 'oneway_migration'), ['001_oneway'], 'the revert of 002 stays')
-  t.same(await tables(main, 'tenant_oneway'), ['oneway', 'oneway_migration', 'oneway_migration_lock'])
-})
-
-t.test('a migration that changes search_path cannot send the next one to public', async (t) => {
-  const provider = {
-    getMigrations: async () => ({
-      '001_wander': { async up (db: any) { await sql`set search_path to public`.execute(db) } },
-      '002_table': { async up (db: any) { await db.schema.createTable('landed').addColumn('x', 'integer').execute() } },
-    }),
-  }
-  const wander = await createTenancy({
-    instances: [{ name: 'w', id: 1, schema: 'tenant_wander' }],
-    datasources: { default: main },
-    tables: {},
-    migrations: { instance: provider, tableName: 'wander_migration' },
-  })
-  t.teardown(() => wander.close())
-  const report = await wander.migrate()
-  t.same(ran(report.targets[0]), ['001_wander', '002_table'])
-  t.same(await query(main, "select schemaname from pg_tables where tablename = 'landed'"), [{ schemaname: 'tenant_wander' }])
-})
-
-t.test('two migrate() calls at once never run a target\'s migration twice', async (t) => {
-  await ten.migrate({ to: NO_MIGRATIONS })
-  // A second tenancy has pools of its own, as a second process would.
-  const other = await createTenancy(options)
-  t.teardown(() => other.close())
-  const [a, b] = await Promise.all([ten.migrate(), other.migrate()])
-  for (const key of INSTANCE_TARGETS) {
-    const first = byTarget(a)[key]!
-    const second = byTarget(b)[key]!
-    t.same([first.status, second.status], ['success', 'success'], key)
-    t.same([...ran(first), ...ran(second)].sort(), FLEET_MIGRATIONS, `${key}: each migration ran once`)
-    t.ok(ran(first).length === 0 || ran(second).length === 0, `${key}: one call ran the whole target, the other found nothing left`)
-    t.same(await executed(...places[key]!), FLEET_MIGRATIONS)
-  }
-})
-
-t.test('schemas of one database migrate side by side: one lock per target, not one per database', async (t) => {
-  const LOCK = 4242
-  const provider = {
-    getMigrations: async () => ({
-      '001_wait': {
-        async up (db: any) {
-          const { rows: [row] } = await sql<{ schema: string }>`select current_schema() as schema`.execute(db)
-          if (row?.schema === 'tenant_p1') await sql`select pg_advisory_xact_lock(${sql.lit(LOCK)})`.execute(db)
-          // p2 goes on only once p1 waits inside its own migration, holding its own target lock.
-          if (row?.schema === 'tenant_p2') {
-            await sql.raw(`do $$ begin
-              for i in 1..200 loop
-                if exists (select 1 from pg_locks where locktype = 'advisory' and objid = ${LOCK} and objsubid = 1 and not granted) then return; end if;
-                perform pg_sleep(0.05);
-              end loop;
-              raise exception 'tenant_p1 never got inside its migration';
-            end $$`).execute(db)
-          }
-          await db.schema.createTable('marker').addColumn('x', 'integer').execute()
-        },
-      },
-    }),
-  }
-  const side = await createTenancy({
-    instances: [{ name: 'p1', id: 1, schema: 'tenant_p1' }, { name: 'p2', id: 2, schema: 'tenant_p2' }],
-    datasources: { default: main },
-    tables: {},
-    migrations: { instance: provider, tableName: 'side_migration' },
-  })
-  t.teardown(() => side.close())
-  const holder = new pg.Client({ connectionString: main })
-  await holder.connect()
-  t.teardown(() => holder.end())
-  await holder.query(`select pg_advisory_lock(${LOCK})`)
-  let held = true
-  let p2EndedWhileHeld: boolean | undefined
-  let p2Ended!: () => void
-  const p2 = new Promise<void>((resolve) => { p2Ended = resolve })
-  const run = side.migrate({
-    concurrency: 2,
-    onProgress: (event) => {
-      if (event.type === 'target-end' && event.result.target === 'schema:default.tenant_p2') { p2EndedWhileHeld = held; p2Ended() }
-    },
-  })
-  // Bounded, so a serialised run fails instead of hanging.
-  await Promise.race([p2, new Promise((resolve) => setTimeout(resolve, 20_000))])
-  held = false
-  await holder.query(`select pg_advisory_unlock(${LOCK})`)
-  const report = await run
-  t.same(report.targets.map((target) => [target.target, target.status]), [['schema:default.tenant_p1', 'success'], ['schema:default.tenant_p2', 'success']])
-  t.equal(p2EndedWhileHeld, true, 'p2 finished while p1 was still inside its migration')
-})
-
-t.test('at most half of a pool serves migrations, whatever concurrency asks for', async (t) => {
-  let inFlight = 0
-  let most = 0
-  const provider = {
-    getMigrations: async () => ({
-      '001_probe': {
-        async up () {
-          inFlight++
-          most = Math.max(most, inFlight)
-          // Give the others a chance to overlap: the count can only go over the budget if they do.
-          for (let i = 0; i < 50 && inFlight < 4; i++) await new Promise((resolve) => setTimeout(resolve, 10))
-          inFlight--
-        },
-      },
-    }),
-  }
-  const tight = await createTenancy({
-    instances: Array.from({ length: 6 }, (_, i) => ({ name: `t${i}`, id: i + 1, schema: `tenant_t${i}` })),
-    datasources: { default: main },
-    tables: {},
-    pool: { max: 4 },
-    maxPools: 2,
-    migrations: { instance: provider, tableName: 'probe_migration' },
-  })
-  t.teardown(() => tight.close())
-  const report = await tight.migrate({ concurrency: 50 })
-  t.equal(report.ok, true)
-  t.equal(report.targets.length, 6)
-  t.ok(most >= 1 && most <= 2, `at most two of the pool's four connections at once (${most})`)
 })
