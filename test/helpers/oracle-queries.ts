@@ -827,7 +827,11 @@ class StatementGenerator {
       }
       case 'two-arg': return this.#call(q, 'set', str(column.name), value(false))
       case 'callback key': return this.#call(q, 'set', lambda('eb', this.#call(EB, 'ref', str(column.name))), value(false))
-      case 'raw key': return this.#call(q, 'set', raw(column.name), value(false))
+      case 'raw key': {
+        // PostgreSQL folds unquoted names to lower case and skips comments: all of these name the column.
+        const spelling = this.#pick([column.name, column.name.toUpperCase(), `"${column.name}"`, `/* c */ ${column.name}`])
+        return this.#call(q, 'set', raw(spelling), value(false))
+      }
       case 'sql.ref key': return this.#call(q, 'set', piece(`sql.ref('${column.name}')`, () => sql.ref(column.name)), value(false))
     }
   }
