@@ -77,7 +77,7 @@ function owner (name: 'runAsInstance' | 'runAsHost' | 'unscoped'): ContextOwner 
  *
  * ```ts
  * app.post('/copy', async () => runAsInstance('shareTest', () => db.selectFrom('student').selectAll().execute()))
- * // select * from "student" where ("student"."iid" = $1)   -- [2]
+ * // select * from "student" where "student"."iid" = $1   -- [2]
  * ```
  */
 export function runAsInstance<R> (nameOrId: InstanceName | number, fn: () => R): R {
