@@ -562,11 +562,14 @@ class StatementGenerator {
     const arm = options.arm === true
     let scope = outerScope
     if (scope.depth > 0 || arm) this.#nested++
-    if (start === DB && (scope.depth > 0 || arm) && scope.inCte !== true && !this.#chance(0.1)) {
+    if (start === DB && (scope.depth > 0 || arm) && scope.inCte !== true) {
       // A builder made from the tenancy's db is rewritten on its own first,
-      // where the CTEs of the statement around it are unknown tables (and
-      // refused): mostly they are left out of it.
-      scope = { ...scope, ctes: scope.ctes.map((cte) => ({ ...cte, pickable: false })) }
+      // where the CTEs of the statement around it are unknown: one named like
+      // no table is refused (TENANCY_UNKNOWN_TABLE), now and then; one named
+      // like a tenant table is confined as that table and then fails on the
+      // CTE's missing iid, so it is left out.
+      const keep = this.#chance(0.1)
+      scope = { ...scope, ctes: scope.ctes.map((cte) => ({ ...cte, pickable: keep && !(cte.name in COLUMNS) && cte.pickable })) }
     }
     let q = start
     let ctes = scope.ctes
