@@ -54,6 +54,14 @@ export type { InstanceLogMixinOptions, InstanceLogFields } from './log-mixin.js'
 export { createInstanceBinding, tokenOwner, HOST_CLAIM } from './resolve/instance-binding.js'
 export type { BoundResolution, HostAccess, TokenOwner } from './resolve/instance-binding.js'
 
+export { FleetMigrator } from './lifecycle/fleet-migrator.js'
+export type {
+  FleetMigrateOptions, MigrationsOption, MigrationSet, MigrationStatusOptions, MigrationReport,
+  TargetMigrationResult, TargetMigrationStatus, TargetMigrationState, MigrationProgress,
+} from './lifecycle/fleet-migrator.js'
+export { migrationTargets, HOST_TARGET } from './lifecycle/migration-target.js'
+export type { MigrationTarget, MigrationTargetKind } from './lifecycle/migration-target.js'
+
 // Names of 0.1, kept for one minor version.
 import { InstanceFilterPlugin } from './filter/instance-filter-plugin.js'
 import type { InstanceFilterPluginOptions } from './filter/instance-filter-plugin.js'
