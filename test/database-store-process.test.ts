@@ -2,7 +2,7 @@ import t from 'tap'
 import { spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
 import path from 'node:path'
-import { createTenancy, databaseStore, type DatabaseStore } from '../lib/index.js'
+import { createTenancy, databaseStore } from '../lib/index.js'
 import { adminQuery, createDatabase, query } from './helpers/database.js'
 import { eventually } from './fixtures/store-helpers.js'
 
@@ -40,6 +40,8 @@ t.test('a real second process sees changes and makes them', async (t) => {
   child.stdin.end()
   const [code] = await new Promise<[number | null]>((resolve) => child.once('exit', (c) => { resolve([c]) }))
   t.equal(code, 0, 'the child closed its tenancy and exited')
-  t.same(await adminQuery(`select count(*)::int as n from pg_stat_activity where datname = '${new URL(url).pathname.slice(1)}' and application_name = 'fastify-tenancy instance store' and pid <> ${(a.instances as DatabaseStore).listenerProcessId}`).then((r) => r.rows),
-    [{ n: 0 }], 'no store connection of the child is left')
+  await a.close()
+  // A backend leaves pg_stat_activity a moment after its client has gone.
+  const left = async (): Promise<number> => (await adminQuery(`select count(*)::int as n from pg_stat_activity where datname = '${new URL(url).pathname.slice(1)}' and application_name like 'fastify-tenancy instance store%'`)).rows[0].n
+  t.equal(await eventually(async () => (await left()) === 0 || undefined, 5000), true, 'no store connection of either process is left')
 })

@@ -26,7 +26,7 @@ t.test('shared: nothing physical, migrations, onProvision as the instance, serve
   t.equal(received.get('share2'), password, 'onProvision got the generated password, which createInstance returned')
   t.same((await rowsAt(setup, instance, 'app_user')).map((r) => [r.iid, r.login, r.password_hash]), [[instance.id, 'admin', hash(password)]], 'onProvision ran confined to the instance')
   await query(url, 'insert into public.student (iid, name) values ($1, \'s2 a\'), (2, \'share b\'), ($1, \'s2 c\')', [instance.id])
-  t.ok(await eventually(() => b.instances.byName('share2'), WITHIN))
+  t.ok(await eventually(() => b.instances.byName('share2')?.state === 'ready', WITHIN))
   t.same(await hit(app, 'share2'), { status: 200, code: undefined, body: [{ iid: instance.id, name: 's2 a' }, { iid: instance.id, name: 's2 c' }] })
   t.same(await hit(app, 'shareTest'), { status: 200, code: undefined, body: [{ iid: 2, name: 'share b' }] })
 })
@@ -58,6 +58,9 @@ t.test('schema with a role: schema, role, grants, migrations in the schema, serv
   t.ok(await eventually(() => b.instances.byName('Acme')?.state === 'ready' && b.instances.byName('Acme'), WITHIN))
   t.same(await hit(app, 'Acme'), { status: 200, code: undefined, body: [{ iid: instance.id, name: 'acme 1' }, { iid: instance.id, name: 'acme 2' }] })
   t.same((await hit(app, 'Acme', '/whoami')).body, { user: schema, schema, database: new URL(url).pathname.slice(1) }, 'requests run as its role, in its schema')
+  // The pool hands the connection that request used, still SET ROLE to the instance's role, to the next caller.
+  t.match(await b.updateInstance('Acme', { title: 'Acme Two' }), { title: 'Acme Two' }, 'a store write on that pool runs as the login, not as the role')
+  t.same((await hit(app, 'Acme', '/whoami')).body, { user: schema, schema, database: new URL(url).pathname.slice(1) }, 'and leaves the session as the request left it')
   t.notOk((await query(url, 'select string_agg(t::text, \' \') as row from tenancy_instance t'))[0].row.includes(given), 'the password is not in the store')
 })
 

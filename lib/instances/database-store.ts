@@ -217,6 +217,9 @@ export class DatabaseStore implements InstanceStore {
   #pending = new Set<number>()
   #flushing = false
   #reconnects = 0
+  #locks: Promise<pg.Client> | undefined
+  // Names this process holds now, by identifier.
+  readonly #held = new Set<string>()
 
   constructor (options: DatabaseStoreOptions = {}) {
     if (options === null || typeof options !== 'object') throw new InvalidOptionsError('databaseStore takes an options object')
@@ -342,6 +345,9 @@ export class DatabaseStore implements InstanceStore {
     const client = this.#client
     this.#client = undefined
     if (client !== undefined) await client.end().catch(() => {})
+    const locks = this.#locks
+    this.#locks = undefined
+    if (locks !== undefined) await (await locks.catch(() => undefined))?.end().catch(() => {})
   }
 
   #checkSeeds (datasources: ReadonlySet<string>): Instance[] {
@@ -648,31 +654,63 @@ export class DatabaseStore implements InstanceStore {
   }
 
   /**
-   * Holds `name` (case ignored) across processes on a connection of its own,
-   * or returns `undefined` when another holds it. A process that dies lets go.
+   * Holds `name` (its identifier: case, `.` and `-` ignored) across processes,
+   * or returns `undefined` when another process or another call of this one
+   * holds it. The lock is a session advisory lock on a connection of the
+   * store's own, made on first use and kept: a process that dies lets go.
    */
   async lockName (name: string): Promise<NameLock | undefined> {
     if (this.#state !== 'open') throw new InvalidOptionsError('the instance store is not open: it opens with createTenancy()')
-    const client = new pg.Client(this.#connection!.client)
-    client.on('error', () => {})
+    const key = instanceIdentifier(name)
+    // One session holds every lock of this process, and session locks stack: the set keeps two calls apart.
+    if (this.#held.has(key)) return undefined
+    this.#held.add(key)
+    const values = [`fastify-tenancy:${this.tableName}`, key]
+    let client: pg.Client
     try {
-      await client.connect()
-    } catch (err) {
-      await client.end().catch(() => {})
-      throw Object.assign(new DatasourceUnavailableError(quote(name)), { cause: err })
-    }
-    const key = [`fastify-tenancy:${this.tableName}`, instanceIdentifier(name)]
-    try {
-      const { rows } = await client.query<{ ok: boolean }>('select pg_try_advisory_lock(hashtext($1), hashtext($2)) as ok', key)
+      client = await this.#lockConnection()
+      const { rows } = await client.query<{ ok: boolean }>('select pg_try_advisory_lock(hashtext($1), hashtext($2)) as ok', values)
       if (rows[0]?.ok !== true) {
-        await client.end().catch(() => {})
+        this.#held.delete(key)
         return undefined
       }
     } catch (err) {
-      await client.end().catch(() => {})
+      this.#held.delete(key)
       throw Object.assign(new DatasourceUnavailableError(quote(name)), { cause: err })
     }
-    // Ending the session releases the lock.
-    return { release: async () => { await client.end().catch(() => {}) } }
+    let released = false
+    return {
+      release: async () => {
+        if (released) return
+        released = true
+        // A lost connection has let go already.
+        await client.query('select pg_advisory_unlock(hashtext($1), hashtext($2))', values).catch(() => {})
+        this.#held.delete(key)
+      },
+    }
+  }
+
+  async #lockConnection (): Promise<pg.Client> {
+    this.#locks ??= (async () => {
+      const config = this.#connection!.client
+      const client = new pg.Client({ keepAlive: true, ...config, application_name: `${config.application_name ?? 'fastify-tenancy instance store'} locks` })
+      const lost = (): void => { if (this.#locks === made) this.#locks = undefined }
+      client.on('error', lost)
+      client.on('end', lost)
+      try {
+        await client.connect()
+      } catch (err) {
+        lost()
+        await client.end().catch(() => {})
+        throw err
+      }
+      if (this.#state !== 'open') {
+        await client.end().catch(() => {})
+        throw new InvalidOptionsError('the instance store was closed')
+      }
+      return client
+    })()
+    const made = this.#locks
+    return await made
   }
 }
