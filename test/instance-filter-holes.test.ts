@@ -339,3 +339,16 @@ t.test('a name PostgreSQL cuts to the tenant column is the tenant column', async
   })
   t.same(await query(url, `select ${WIDE} as iid, note from wide order by 1`), [{ iid: 2, note: 'kept' }, { iid: 3, note: 'three' }])
 })
+
+t.test('a schema-qualified tenant table with no alias beside a RIGHT or FULL join is refused, not broken', async (t) => {
+  await t.rejects(tenancy.runAsInstance('b', () => db.withSchema('public').selectFrom('role as t0').fullJoin('student', 'student.id', 't0.id')
+    .select(['t0.id', 'student.name']).execute()), { code: 'TENANCY_UNSUPPORTED_STATEMENT', message: /"public\.student" as/ })
+  await t.rejects(tenancy.runAsInstance('b', () => anyDb.selectFrom('role as t0').rightJoin('public.student', 'public.student.id', 't0.id')
+    .select(['t0.id', 'public.student.name']).execute()), { code: 'TENANCY_UNSUPPORTED_STATEMENT' })
+  const query = db.withSchema('public').selectFrom('role as t0').fullJoin('student as s', 's.id', 't0.id').select(['t0.id', 's.name', 's.iid']).orderBy('s.id')
+  t.equal(tenancy.runAsInstance('b', () => query.compile().sql),
+    'select "t0"."id", "s"."name", "s"."iid" from (select * from "public"."role" where "public"."role"."iid" = $1) as "t0" full join (select * from "public"."student" where "public"."student"."iid" = $2) as "s" on "s"."id" = "t0"."id" order by "s"."id"')
+  const rows = await tenancy.runAsInstance('b', () => query.execute())
+  t.same([...new Set(rows.map((row) => row.iid))], [2], 'with an alias it runs, and only instance b\'s students come back')
+  t.equal(rows.length, 4, 'b\'s four students, each once')
+})

@@ -286,6 +286,12 @@ export class InstanceFilterTransformer extends OperationNodeTransformer {
   #derived (item: OperationNode): OperationNode {
     const ref = this.#tableRef(item)
     if (ref === undefined) return item
+    // A derived table's alias has no schema, so references written
+    // `schema.table.column` (withSchema() writes them so) would no longer
+    // resolve: such a table must be given an alias.
+    if (ref.alias === undefined && ref.table.table.schema !== undefined) {
+      throw new UnsupportedStatementError(`The tenant table ${labelOf(ref)} stands in a statement with a RIGHT or FULL join (or raw text at its end), where each tenant table becomes a confined derived table; a schema-qualified table needs an alias there: ${labelOf(ref)} as …`)
+    }
     const inner: SelectQueryNode = {
       ...SelectQueryNode.createFrom([ref.table]),
       selections: [SelectionNode.createSelectAll()],
