@@ -83,6 +83,22 @@ t.test('statements that run SQL checked elsewhere, or given as text', async (t) 
   })
 })
 
+t.test('every function the README lists is refused, in any schema and in any case', async (t) => {
+  const listed = ['query_to_xml', 'query_to_xml_and_xmlschema', 'query_to_xmlschema', 'table_to_xml', 'table_to_xml_and_xmlschema',
+    'table_to_xmlschema', 'cursor_to_xml', 'cursor_to_xmlschema', 'schema_to_xml', 'schema_to_xml_and_xmlschema', 'schema_to_xmlschema',
+    'database_to_xml', 'database_to_xml_and_xmlschema', 'database_to_xmlschema', 'ts_stat', 'pg_logical_slot_get_changes',
+    'pg_logical_slot_peek_changes', 'pg_logical_slot_get_binary_changes', 'pg_logical_slot_peek_binary_changes',
+    'dblink', 'dblink_exec', 'dblink_open', 'dblink_send_query', 'crosstab', 'crosstab2', 'crosstab3', 'crosstab4', 'connectby', 'xpath_table', 'get_raw_page']
+  for (const name of listed) {
+    for (const call of [`${name}('x')`, `ext.${name.toUpperCase()}('x')`, `"${name}"('x')`]) {
+      await t.rejects(strict.runAsInstance(1, () => sql.raw(`select * from ${call}`).execute(db)), { code: 'TENANCY_RAW_SQL', message: new RegExp(`calls ${name}\\(\\)`) }, call)
+    }
+  }
+  for (const view of ['pg_stats', 'pg_stats_ext', 'pg_stats_ext_exprs', 'pg_statistic', 'pg_catalog.pg_statistic_ext_data']) {
+    await t.rejects(strict.runAsInstance(1, () => sql.raw(`select * from ${view}`).execute(db)), { code: 'TENANCY_RAW_SQL', message: /which shows column values/ }, view)
+  }
+})
+
 t.test('what is not refused', async (t) => {
   await strict.runAsInstance(1, async () => {
     t.same((await sql<{ v: string }>`select 'query_to_xml(''select * from student'')' as v`.execute(db)).rows, [{ v: "query_to_xml('select * from student')" }], 'a function name in a string is a string')
