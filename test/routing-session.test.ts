@@ -309,6 +309,10 @@ t.test('changesSession reads every statement with PostgreSQL\'s parser', async (
     'update pg_settings set setting = \'x\' where name = \'search_path\'', 'update pg_catalog.pg_settings set setting = \'x\'',
     'select pg_advisory_lock(1)', 'select pg_catalog.pg_try_advisory_lock_shared(1, 2)', 'select setseed(0.5)',
     'select query_to_xml(\'select set_config(\'\'a.b\'\', \'\'x\'\', false)\', true, true, \'\')', 'select * from ts_stat(\'select 1\')',
+    'select set_limit(0.5)', 'select dblink_connect(\'c\', \'dbname=x\')', 'select pg_replication_origin_session_setup(\'o\')',
+    'select ts_rewrite(\'a\'::tsquery, \'select 1\')', 'select * from crosstab(\'select 1\') as c(a int)', 'select query_to_xmlschema(\'select 1\', true, true, \'\')',
+    'select U&"set\\005fconfig"(\'a.b\', \'x\', false)', 'insert into note (body) select pg_advisory_lock(1)::text',
+    'with x as (select 1) select * into temporary t from x', 'update note set body = \'x\' from set_config(\'a.b\', \'x\', false) s',
     'selec 1',
   ]
   for (const text of changes) t.ok(changesSession(text), `changes the session: ${text}`)

@@ -78,6 +78,9 @@ export class RoutingPool implements PostgresPool {
     this.#pools = pools
     this.#settings = options.settings
     this.#context = options.context ?? currentContext
+    // Loading blocks the event loop for a moment: start it now, at start-up,
+    // so the first checkout does not wait for it; a failure surfaces there.
+    if (!SessionState.loaded) SessionState.load().catch(() => {})
   }
 
   /** The counters, as of now. */

@@ -138,11 +138,31 @@ function statementChangesSession (statement: unknown): boolean {
 }
 
 let parse: ParseSql | undefined
-// Builder queries repeat their texts, so verdicts are remembered; the bound
-// keeps a stream of distinct texts from growing the map without end.
+// One SELECT, INSERT, UPDATE, DELETE or WITH statement (no ';' anywhere) can
+// change the session only through a temporary table, an update of pg_settings
+// or one of the functions above, and each of those needs one of these words
+// in the text: an identifier cannot be split by comments or quotes, and only
+// U&"…" could spell one otherwise. Such a text has the parser's verdict
+// without being parsed, which keeps builder queries and long batches cheap.
+const PLAIN_DML = /^\s*(?:select|insert|update|delete|with)\b[^;]*$/i
+const SESSION_WORDS = /set_config|advisory_lock|setseed|set_limit|dblink|replication_origin|query_to_xml|ts_stat|ts_rewrite|crosstab|temp|pg_settings|u&/i
+// Verdicts of parsed texts are remembered (the same texts come back); the
+// bounds keep a stream of distinct texts from growing the map without end.
 const MAX_VERDICTS = 2000
-const MAX_REMEMBERED_LENGTH = 8192
+const MAX_REMEMBERED_CHARS = 4_000_000
 const verdicts = new Map<string, boolean>()
+let rememberedChars = 0
+
+function remember (text: string, verdict: boolean): void {
+  if (text.length > MAX_REMEMBERED_CHARS / 4) return
+  for (const oldest of verdicts.keys()) {
+    if (verdicts.size < MAX_VERDICTS && rememberedChars + text.length <= MAX_REMEMBERED_CHARS) break
+    verdicts.delete(oldest)
+    rememberedChars -= oldest.length
+  }
+  verdicts.set(text, verdict)
+  rememberedChars += text.length
+}
 
 /**
  * Whether a statement text sent on a connection may leave its session
@@ -154,7 +174,9 @@ const verdicts = new Map<string, boolean>()
  * advisory lock or another built-in with a session effect, and any text the
  * parser cannot read (or before the parser is loaded). Comments, quoting,
  * schema qualification and several statements in one text do not hide any of
- * them. What a user-defined function does inside cannot be seen.
+ * them. A single data statement that contains none of the words these need
+ * is known not to change the session without parsing. What a user-defined
+ * function does inside cannot be seen.
  *
  * ```ts
  * await SessionState.load()
@@ -164,6 +186,7 @@ const verdicts = new Map<string, boolean>()
  */
 export function changesSession (text: string): boolean {
   if (parse === undefined) return true
+  if (PLAIN_DML.test(text) && !SESSION_WORDS.test(text)) return false
   let verdict = verdicts.get(text)
   if (verdict !== undefined) return verdict
   try {
@@ -172,10 +195,7 @@ export function changesSession (text: string): boolean {
   } catch {
     verdict = true
   }
-  if (text.length <= MAX_REMEMBERED_LENGTH) {
-    if (verdicts.size >= MAX_VERDICTS) verdicts.delete(verdicts.keys().next().value!)
-    verdicts.set(text, verdict)
-  }
+  remember(text, verdict)
   return verdict
 }
 
@@ -209,7 +229,12 @@ export class SessionState {
 
   /** Loads PostgreSQL's parser, which {@link observe} needs; until then every statement counts as a session change. */
   static async load (): Promise<void> {
-    parse ??= await loadSqlParser()
+    if (parse !== undefined) return
+    const loaded = await loadSqlParser()
+    // The first parse is slow (the module's first calls): pay it here, before
+    // any connection is checked out, rather than inside a request's query.
+    loaded('select set_config($1, $2, true)')
+    parse = loaded
   }
 
   /** Whether {@link load} has completed. */
