@@ -207,7 +207,7 @@ async function main () {
       .map((result) => {
         const file = path.relative(process.cwd(), result.fileName)
         const original = sources[file] === undefined ? '?' : excerpt(sources[file], result.location)
-        return `${file}:${result.location.start.line + 1}:${result.location.start.column + 1} ${result.mutatorName}: ${oneLine(original)} → ${oneLine(result.replacement ?? '')}`
+        return `${file}:${result.location.start.line}:${result.location.start.column} ${result.mutatorName}: ${oneLine(original)} → ${oneLine(result.replacement ?? '')}`
       })
     const report = [
       `# group ${name}`, '',
@@ -286,11 +286,12 @@ function functionRanges (file, source, names) {
   return ranges
 }
 
-/** The text of `source` at a zero-based `location`. */
+/** The text of `source` at `location`, whose lines and columns count from 1 (as in Stryker's reports). */
 function excerpt (source, { start, end }) {
   const lines = source.split('\n')
-  if (start.line === end.line) return (lines[start.line] ?? '').slice(start.column, end.column)
-  return [(lines[start.line] ?? '').slice(start.column), ...lines.slice(start.line + 1, end.line), (lines[end.line] ?? '').slice(0, end.column)].join('\n')
+  const line = (n) => lines[n - 1] ?? ''
+  if (start.line === end.line) return line(start.line).slice(start.column - 1, end.column - 1)
+  return [line(start.line).slice(start.column - 1), ...lines.slice(start.line, end.line - 1), line(end.line).slice(0, end.column - 1)].join('\n')
 }
 
 function oneLine (text) {
