@@ -352,3 +352,29 @@ t.test('a schema-qualified tenant table with no alias beside a RIGHT or FULL joi
   t.same([...new Set(rows.map((row) => row.iid))], [2], 'with an alias it runs, and only instance b\'s students come back')
   t.equal(rows.length, 4, 'b\'s four students, each once')
 })
+
+t.test('a raw fragment with a comment, a separator or an unclosed quote or parenthesis cannot carry the predicate away', async (t) => {
+  await reset()
+  const before = await othersOf(2)
+  const bad: Array<[string, () => { execute: () => Promise<unknown> }]> = [
+    ['-- in a SET value', () => db.updateTable('student as t0').set('name', sql`'x' --`).where('t0.id', '=', 1)],
+    ['-- in a selection', () => db.selectFrom('student').select(sql<string>`now() -- server time`.as('at'))],
+    ['/* in WHERE', () => db.selectFrom('student').selectAll().where(sql<boolean>`true /*`)],
+    ['unbalanced ) in WHERE', () => db.deleteFrom('student').where(sql<boolean>`true) or (true`)],
+    ['; in WHERE', () => db.deleteFrom('student').where(sql<boolean>`true; delete from student`)],
+    ['unclosed quote', () => db.selectFrom('student').selectAll().where('name', '=', sql<string>`'x`)],
+  ]
+  for (const [label, make] of bad) {
+    await t.rejects(tenancy.runAsInstance('b', () => make().execute()), { code: 'TENANCY_UNSUPPORTED_STATEMENT', message: /raw SQL fragment/ }, label)
+  }
+  t.same(await othersOf(2), before, 'no other instance\'s row changed')
+  t.same(await query(url, 'select count(*)::int as n from student where iid = 2 and name = \'x\''), [{ n: 0 }], 'nor b\'s own')
+
+  const fine = await tenancy.runAsInstance('b', () => db.selectFrom('student')
+    .select([sql<string>`'a -- b; (c' || ${'/*'}`.as('text'), sql<string>`E'it\\'s'`.as('escaped'), sql<string>`$q$ -- ) $q$`.as('dollar'), 'iid'])
+    .where(sql<boolean>`(name <> ${'--'})`).execute())
+  t.equal(fine.length, 4, 'comments, separators and parentheses inside quotes, and parameters, are fine')
+  t.same(fine[0], { text: 'a -- b; (c/*', escaped: 'it\'s', dollar: ' -- ) ', iid: 2 })
+  t.same((await tenancy.runAsInstance('b', () => db.selectFrom('country').select(sql<string>`name /* a note */`.as('n')).execute())).length, 2,
+    'a statement with no tenant table is left as it is')
+})

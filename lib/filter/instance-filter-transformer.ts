@@ -8,6 +8,7 @@ import {
 } from 'kysely'
 import { HostContextError, MismatchError, NoContextError, UnknownTableError, UnsupportedStatementError, quote } from '../errors.js'
 import type { TenantTableKind, TenantTables } from './tenant-tables.js'
+import { rawFragmentProblem } from './raw-fragment.js'
 
 /**
  * What the transformer confines to: an instance id, host rows, or nothing
@@ -78,6 +79,10 @@ export class InstanceFilterTransformer extends OperationNodeTransformer {
   // Names of the CTEs visible at the current point, one set per query with a WITH.
   #ctes: Array<Set<string>> = []
   readonly #predicates = new Map<string, OperationNode>()
+  // Whether this statement got a predicate or a filled value, and the first
+  // problem of a raw fragment's text in it.
+  #touched = false
+  #rawProblem: string | undefined
 
   /** `tables` may be a function, read once per query, so that the tables can be discovered again. */
   constructor (tables: TenantTables | (() => TenantTables), tenantColumn = 'iid') {
@@ -92,8 +97,16 @@ export class InstanceFilterTransformer extends OperationNodeTransformer {
     this.#target = target
     this.#tables = this.#source()
     this.#ctes = []
-    return this.transformNode(node, queryId)
+    this.#touched = false
+    this.#rawProblem = undefined
+    const out = this.transformNode(node, queryId)
+    // Only a statement the filter added to can lose what it added.
+    if (this.#rawProblem !== undefined && this.#touched) {
+      throw new UnsupportedStatementError(`A raw SQL fragment (sql\`…\`) of this statement contains ${this.#rawProblem}, which could carry the instance predicate the filter appends out of the statement: write raw fragments as whole expressions, without comments.`)
+    }
+    return out
   }
+
 
   // Most nodes of a query are leaves that can hold neither a table to confine
   // nor a query: they are immutable, so they are handed back as they are
@@ -116,8 +129,11 @@ export class InstanceFilterTransformer extends OperationNodeTransformer {
     return own.has(node) ? node : super.transformCast(node, queryId)
   }
 
-  // Raw text whose parameters are all values (the usual case) holds no query to confine.
+  // Raw text whose parameters are all values (the usual case) holds no query to
+  // confine. Its text is read for what could carry the statement's end away,
+  // which matters once the statement names a tenant table (see confine).
   protected override transformRaw (node: RawNode, queryId?: QueryId): RawNode {
+    if (this.#rawProblem === undefined) this.#rawProblem = rawFragmentProblem(node.sqlFragments)
     for (const parameter of node.parameters) if (!LEAVES.has(parameter.kind)) return super.transformRaw(node, queryId)
     return node
   }
@@ -229,6 +245,7 @@ export class InstanceFilterTransformer extends OperationNodeTransformer {
    * the table itself when it has no alias or when `byTable` is set.
    */
   #predicate (ref: TableRef, byTable = false): OperationNode {
+    this.#touched = true
     const value = this.#value(ref)
     const alias = byTable ? undefined : ref.alias
     const { identifier, schema } = ref.table.table
@@ -414,6 +431,7 @@ export class InstanceFilterTransformer extends OperationNodeTransformer {
   }
 
   #fill (value: number | null): OperationNode {
+    this.#touched = true
     const node = ValueNode.create(value)
     own.add(node)
     return node
