@@ -91,6 +91,9 @@ export class InstanceFilterPlugin implements KyselyPlugin {
       case 'MergeQueryNode':
       // `create table … as select` copies rows: its select is confined like any other.
       case 'CreateTableNode':
+        // With strict, what a builder holds that runs SQL given as text
+        // (`eb.fn('query_to_xml', …)`, raw fragments naming tables) is refused too.
+        this.#guard?.checkQuery(node)
         return this.#transformer.confine(node, targetOf(context), args.queryId)
       default:
         // Other schema statements name no rows.
