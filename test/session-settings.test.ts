@@ -13,7 +13,7 @@ t.teardown(() => ten.close())
 
 const pool = new RoutingPool(ten.pools, {
   context: () => ten.context(),
-  settings: (context) => context?.instance?.name === 'a'
+  settings: (context): Record<string, string> => context?.instance?.name === 'a'
     ? { 'tenancy.iid': '2', 'tenancy.plan': 'gold', 'tenancy.region': 'eu' }
     : context?.instance?.name === 'b' ? { 'tenancy.iid': '3' } : {},
 })
