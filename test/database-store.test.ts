@@ -108,7 +108,7 @@ t.test('updates, disabling and removal reach the other tenancy, with their event
   const again = await a.createInstance({ name: 'globex' })
   t.ok(again.instance.id > instance.id, 'the name is free again; the id is new')
 
-  await eventually(() => b.instances.byName('globex')?.id === again.instance.id, WITHIN)
+  await eventually(() => b.instances.byName('globex')?.id === again.instance.id && b.instances.byName('globex')?.state === 'ready', WITHIN)
   t.same(events, [
     'created globex',
     'updated globex Globex->Globex Inc disabled=false',
@@ -241,6 +241,18 @@ t.test('names: duplicates, case, colliding schema names; two creating one name a
   const cased = await Promise.allSettled([a.createInstance({ name: 'Case' }), b.createInstance({ name: 'case' })])
   t.equal(cased.filter((r) => r.status === 'fulfilled').length, 1, 'names differing in case, at once: one wins')
   t.match((cased.find((r) => r.status === 'rejected') as PromiseRejectedResult).reason, { code: /^TENANCY_(INSTANCE_EXISTS|INVALID_INSTANCE_NAME)$/ })
+})
+
+t.test('a store serves one tenancy: a second createTenancy with it fails and leaves the first working', async (t) => {
+  const url = await createDatabase(t, 'store_once')
+  await query(url, STUDENT)
+  const shared = databaseStore({ seed: SEED })
+  const first = await createTenancy({ instances: shared, datasources: { default: url }, tables: { student: 'must' } })
+  t.teardown(() => first.close())
+  await t.rejects(createTenancy({ instances: shared, datasources: { default: url }, tables: { student: 'must' } }), { code: 'TENANCY_INVALID_OPTIONS', message: /serves one tenancy/ })
+  t.equal(shared.listening, true, 'the first tenancy still listens')
+  const { instance } = await first.createInstance({ name: 'still' })
+  t.equal(instance.state, 'ready', 'and writes')
 })
 
 t.test('lookups are synchronous and list() is one array per change', async (t) => {

@@ -283,6 +283,11 @@ export class DatabaseStore implements InstanceStore {
     return this.#database
   }
 
+  /** True once a tenancy has opened the store (also after it closed it). */
+  get opened (): boolean {
+    return this.#state !== 'new'
+  }
+
   /** True while the listening connection is up. */
   get listening (): boolean {
     return this.#client !== undefined

@@ -188,6 +188,8 @@ export class InstanceLifecycle {
   // Datasources this lifecycle added to the pools, by instance id.
   readonly #added = new Map<number, string>()
   #unsubscribe: (() => void) | undefined
+  // Whether this lifecycle opened the store: a tenancy given a store another one opened must not close it.
+  #owns = false
 
   constructor (host: LifecycleHost, options: LifecycleOptions) {
     this.#host = host
@@ -213,15 +215,17 @@ export class InstanceLifecycle {
   async start (): Promise<void> {
     const store = this.#store
     if (store === undefined) return
+    if (store.opened) throw new InvalidOptionsError('a databaseStore serves one tenancy: make one per createTenancy call')
     this.#unsubscribe = store.subscribe((change) => { this.#changed(change) })
+    this.#owns = true
     await store.open({ client: this.#client, pools: this.#host.pools, datasources: this.#datasources })
     for (const record of store.records()) this.#follow(record)
   }
 
-  /** Ends the store's connection. */
+  /** Ends the store's connections, when this lifecycle opened the store. */
   async close (): Promise<void> {
     this.#unsubscribe?.()
-    await this.#store?.close()
+    if (this.#owns) await this.#store?.close()
   }
 
   #requireStore (): DatabaseStore {
