@@ -10,7 +10,7 @@
 //   lookups    byName/byId with 1,000 instances in the store against a fixed
 //              list of 10: O(1) means the same cost per lookup
 //
-//   npm run build && node dist/bench/store.js   # BENCH_SHARED=200 BENCH_SCHEMA=50 BENCH_ISOLATED=10 BENCH_UPDATES=300 BENCH_STORE=1000 BENCH_ROLE=0
+//   npm run bench:store   # BENCH_SHARED=200 BENCH_SCHEMA=50 BENCH_ISOLATED=10 BENCH_UPDATES=300 BENCH_STORE=1000 BENCH_ROLE=0
 // Uses DATABASE_URL when set, otherwise starts an embedded PostgreSQL in .data/.
 import path from 'node:path'
 import { spawn } from 'node:child_process'
