@@ -1,4 +1,4 @@
-import { InvalidOptionsError, UnknownInstanceError, InstanceDisabledError, quote } from '../errors.js'
+import { InvalidOptionsError, UnknownInstanceError, InstanceDisabledError, InstanceNotReadyError, quote } from '../errors.js'
 import { toInstance, type Instance, type InstanceConfig } from './instance.js'
 
 /**
@@ -60,12 +60,14 @@ export class InstanceRegistry implements InstanceStore {
 }
 
 /**
- * Looks an instance up by name or id in any store and refuses unknown and
- * disabled ones: the one gate every context switch and request passes.
+ * Looks an instance up by name or id in any store and refuses unknown,
+ * disabled and not yet ready ones (503 `TENANCY_INSTANCE_NOT_READY`): the one
+ * gate every context switch and request passes.
  */
 export function requireInstance (store: InstanceStore, nameOrId: string | number): Instance {
   const instance = typeof nameOrId === 'number' ? store.byId(nameOrId) : typeof nameOrId === 'string' ? store.byName(nameOrId) : undefined
   if (instance === undefined) throw new UnknownInstanceError(quote(nameOrId))
   if (instance.disabled) throw new InstanceDisabledError(quote(instance.name))
+  if (instance.state !== undefined && instance.state !== 'ready') throw new InstanceNotReadyError(quote(instance.name), instance.state === 'failed' ? 'failed while being provisioned' : `being ${instance.state === 'removed' ? 'removed' : 'provisioned'}`)
   return instance
 }

@@ -129,6 +129,8 @@ function checkSettings (settings: Record<string, unknown>, where: string): void 
  */
 export class PoolManager {
   readonly #configs = new Map<string, pg.PoolConfig>()
+  // The settings every datasource starts from, for those added at run time.
+  readonly #defaults: pg.PoolConfig
   readonly #entries = new Map<string, Entry>()
   readonly #ending = new Set<Promise<void>>()
   readonly #waiters: SlotWaiter[] = []
@@ -152,6 +154,7 @@ export class PoolManager {
     this.#maxPools = maxPools
     this.#poolIdleTimeoutMillis = poolIdleTimeoutMillis
     const defaults = { ...DEFAULT_POOL_SETTINGS, ...defined(pool) }
+    this.#defaults = defaults
     for (const [name, config] of Object.entries(datasources)) {
       if (typeof config === 'string') {
         this.#configs.set(name, { ...defaults, connectionString: config })
@@ -168,6 +171,49 @@ export class PoolManager {
   /** The names of the configured datasources. */
   names (): IterableIterator<string> {
     return this.#configs.keys()
+  }
+
+  /**
+   * Adds a datasource at run time, such as the database of an instance
+   * created since start-up. Its pool opens on first use, with the manager's
+   * pool settings unless a `PoolConfig` says otherwise. A name already
+   * configured throws `TENANCY_INVALID_OPTIONS`.
+   *
+   * ```ts
+   * pools.addDatasource('main/tenant_acme', 'postgres://app:secret@db1/tenant_acme')
+   * ```
+   */
+  addDatasource (name: string, config: DatasourceConfig): void {
+    if (this.#state !== 'open') throw new ClosedError('its connection pools cannot be used any more.')
+    if (this.#configs.has(name)) throw new InvalidOptionsError(`datasource ${JSON.stringify(name)} is already configured`)
+    if (typeof config === 'string') {
+      this.#configs.set(name, { ...this.#defaults, connectionString: config })
+    } else if (config !== null && typeof config === 'object') {
+      checkSettings(config as Record<string, unknown>, `datasource ${JSON.stringify(name)}`)
+      this.#configs.set(name, { ...this.#defaults, ...defined(config) })
+    } else {
+      throw new InvalidOptionsError(`datasource ${JSON.stringify(name)} must be a connection string or a pg PoolConfig`)
+    }
+  }
+
+  /**
+   * Removes a datasource (not `default`): it can no longer be leased, callers
+   * waiting for a slot for it fail with 503, and its pool ends: idle clients
+   * now, checked-out ones when given back; {@link close} waits for them.
+   * An unknown name does nothing.
+   */
+  removeDatasource (name: string): void {
+    if (name === 'default') throw new InvalidOptionsError('the default datasource cannot be removed')
+    this.#configs.delete(name)
+    for (let i = this.#waiters.length - 1; i >= 0; i--) {
+      const waiter = this.#waiters[i]!
+      if (waiter.datasource !== name) continue
+      this.#waiters.splice(i, 1)
+      clearTimeout(waiter.timer)
+      waiter.reject(new DatasourceUnavailableError(quote(name)))
+    }
+    const entry = this.#entries.get(name)
+    if (entry !== undefined) this.#close(entry)
   }
 
   /** Pools closed to make room under `maxPools`, since start. */
