@@ -56,10 +56,14 @@ export interface TargetState {
   pending: string[]
 }
 
-/** The statement that binds a connection to the target: the schema alone on `search_path`, or the connection's own. */
+/**
+ * The statement that binds a connection to the target: the login role (a
+ * pooled connection may still carry an instance's `SET ROLE`), and the schema
+ * alone on `search_path`, or the connection's own.
+ */
 function sessionStatement (target: MigrationTarget): string {
   // Schema names are checked against SAFE_IDENTIFIER when the instance is made.
-  return target.schema !== null ? `set search_path to "${target.schema}"` : 'reset search_path'
+  return 'reset role; ' + (target.schema !== null ? `set search_path to "${target.schema}"` : 'reset search_path')
 }
 
 /** Binds `client` to `target` and returns the schema its unqualified names land in. */
