@@ -292,6 +292,14 @@ t.test(`a sample of at least ${EXECUTED} statements runs on PostgreSQL: the same
       failedTogether.set(reason, (failedTogether.get(reason) ?? 0) + 1)
       continue
     }
+    // A view has no primary key, so GROUP BY the key no longer covers the
+    // table's other columns there (42803): a limit of the oracle's views, not
+    // a difference of the rewrite.
+    if (mine.error === undefined && theirs.error?.startsWith('42803') === true) {
+      bothFailed++
+      failedTogether.set('oracle only: grouping by a key its views do not have', (failedTogether.get('oracle only: grouping by a key its views do not have') ?? 0) + 1)
+      continue
+    }
     if (mine.error !== undefined || theirs.error !== undefined) {
       problem(`only the ${mine.error !== undefined ? 'rewritten statement' : 'oracle'} failed: ${(mine.error ?? theirs.error)!.replace(/"[^"]*"/g, '"…"').slice(0, 70)}`, item, `rewritten: ${mine.error ?? `${mine.rows!.length} rows`}; oracle: ${theirs.error ?? `${theirs.rows!.length} rows`}\n  oracle sql: ${oracle.sql}`)
       continue
