@@ -220,6 +220,27 @@ t.test('a connection lost while checked out gives 503 and is destroyed, also whe
   t.equal(ten.pools.counts().leased, 0)
 })
 
+t.test('the session belongs to the connection: another routing pool, or a lease taken from the pool manager, starts from what it really carries', async (t) => {
+  const { Kysely, PostgresDialect } = await import('kysely')
+  // Not destroyed: it would close the tenancy's pools.
+  const second = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new RoutingPool(ten.pools, { context: () => ten.context() }) }) })
+  const pid = await ten.runAsInstance('a', async () => (await checkout()).pid)
+  const other = await ten.runAsInstance('', async () => await checkout(second))
+  t.equal(other.pid, pid, 'the same connection, through another routing pool')
+  t.same({ schema: other.schema, user: other.user, bodies: other.bodies }, { schema: 'public', user: 'postgres', bodies: ['public note'] }, 'which resets what the first one set')
+  await ten.runAsInstance('c', async () => { await checkout(second) })
+
+  const lease = await ten.pools.acquire('default')
+  try {
+    const { rows } = await lease.client.query<{ pid: number, user: string, path: string }>('select pg_backend_pid() as pid, current_user as user, current_setting(\'search_path\') as path')
+    t.same(rows[0], { pid, user: 'postgres', path: '"$user", public' }, 'a lease from the pool manager starts at the server\'s defaults')
+  } finally {
+    ten.pools.release(lease)
+  }
+  t.same({ ...(await ten.runAsInstance('c', checkout)), pid: undefined }, await expected('c'), 'and the routing pools set the schema again afterwards')
+  t.same({ ...(await ten.runAsInstance('a', checkout)), pid: undefined }, await expected('a'))
+})
+
 t.test('a session that cannot be prepared fails the query and the connection is discarded', async (t) => {
   await ten.runAsInstance('c', async () => { await session() })
   await t.rejects(ten.runAsInstance('ghost', async () => await session()), { code: 'TENANCY_SESSION_FAILED', statusCode: 500, message: /The session of a connection for instance "ghost" could not be prepared \(SET ROLE "nobody_\w+"\): role "nobody_\w+" does not exist\. The connection was destroyed\./, cause: { code: '22023' } })

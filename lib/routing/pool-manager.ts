@@ -1,5 +1,8 @@
 import pg from 'pg'
-import { ClosedError, InvalidOptionsError, DatasourceUnavailableError, quote } from '../errors.js'
+import { ClosedError, InvalidOptionsError, DatasourceUnavailableError, SessionError, quote } from '../errors.js'
+import { SessionState, type SessionTarget } from './session-state.js'
+
+const SERVER_DEFAULTS: SessionTarget = Object.freeze({ schema: null, role: null, settings: Object.freeze({}) })
 
 /** A datasource: a connection string or a pg `PoolConfig` (its `max`, `connectionTimeoutMillis`, … override {@link PoolSettings}). */
 export type DatasourceConfig = string | pg.PoolConfig
@@ -139,6 +142,9 @@ export class PoolManager {
   #sweeper: NodeJS.Timeout | undefined
   // Which pool each lease came from; a lease given back leaves the map, so a second release does nothing.
   readonly #leases = new WeakMap<Lease, Entry>()
+  // What each connection's session carries, whoever set it: every routing
+  // pool over this manager, and every lease, sees the same state.
+  readonly #sessions = new WeakMap<pg.PoolClient, SessionState>()
   #state: 'open' | 'ending' | 'ended' = 'open'
   #uses = 0
   #evictions = 0
@@ -227,11 +233,32 @@ export class PoolManager {
   }
 
   /**
-   * Checks out a client of `datasource`'s pool, opening the pool if needed.
+   * Checks out a client of `datasource`'s pool, opening the pool if needed,
+   * with its session at the server's defaults: a connection a routing pool
+   * left with a schema, a role or settings is reset first (one round trip).
    * `label` names the instance in the 503 `TENANCY_DATASOURCE_UNAVAILABLE`
-   * raised when the database cannot be reached in time.
+   * raised when the database cannot be reached in time. Give the client back
+   * with `destroy` if you change its session.
    */
   async acquire (datasource: string, label: string = datasource): Promise<Lease> {
+    const lease = await this.acquireAsIs(datasource, label)
+    const session = this.sessionOf(lease.client)
+    const changes = session.changesTo(SERVER_DEFAULTS)
+    if (changes === '') return lease
+    try {
+      await lease.client.query(changes)
+    } catch (err) {
+      this.release(lease, true)
+      const refused = err instanceof pg.DatabaseError && !/^(?:08|57P)/.test(err.code ?? '')
+      if (!refused) throw Object.assign(new DatasourceUnavailableError(quote(label)), { cause: err })
+      throw Object.assign(new SessionError(`The session of a connection of datasource ${JSON.stringify(datasource)} could not be reset to the server's defaults (${changes}): ${err instanceof Error ? err.message : String(err)}. The connection was destroyed.`), { cause: err })
+    }
+    session.applied(SERVER_DEFAULTS)
+    return lease
+  }
+
+  /** @internal Checks out a client as its session stands; the routing pool brings it to its target itself. */
+  async acquireAsIs (datasource: string, label: string = datasource): Promise<Lease> {
     const entry = this.#entry(datasource) ?? await this.#waitForSlot(datasource, label)
     try {
       const client = await entry.pool.connect()
@@ -257,6 +284,16 @@ export class PoolManager {
     this.#leases.delete(lease)
     lease.client.release(destroy || lease.client.getTransactionStatus() !== 'I')
     this.#drop(entry)
+  }
+
+  /** @internal What `client`'s session carries, shared by everyone who checks it out. */
+  sessionOf (client: pg.PoolClient): SessionState {
+    let session = this.#sessions.get(client)
+    if (session === undefined) {
+      session = new SessionState()
+      this.#sessions.set(client, session)
+    }
+    return session
   }
 
   /** Counters over every open pool. */

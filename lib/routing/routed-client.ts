@@ -4,7 +4,7 @@ import type { TenancyContext } from '../context.js'
 import { DatasourceUnavailableError, MismatchError, SessionError, quote } from '../errors.js'
 import type { Instance } from '../instances/instance.js'
 import type { Lease } from './pool-manager.js'
-import { SessionState, type SessionTarget } from './session-state.js'
+import type { SessionState, SessionTarget } from './session-state.js'
 
 function describe (instance: Instance | undefined): string {
   return instance === undefined ? 'the host context (no instance)' : `instance ${quote(instance.name)}`
@@ -41,8 +41,8 @@ export type DiscardReason = 'asked' | 'lost' | 'session' | 'transaction'
  * the server then rolls the transaction back.
  */
 export class RoutedClient implements PostgresPoolClient {
-  /** What this connection's session carries. */
-  readonly session = new SessionState()
+  /** What this connection's session carries (the pool manager's record of it, shared with every other user of the connection). */
+  readonly session: SessionState
   readonly #client: pg.PoolClient
   readonly #giveBack: (lease: Lease, reason: DiscardReason | undefined) => void
   readonly #context: () => TenancyContext | undefined
@@ -50,8 +50,9 @@ export class RoutedClient implements PostgresPoolClient {
   #owner: Instance | undefined
   #lost = false
 
-  constructor (client: pg.PoolClient, giveBack: (lease: Lease, reason: DiscardReason | undefined) => void, context: () => TenancyContext | undefined) {
+  constructor (client: pg.PoolClient, session: SessionState, giveBack: (lease: Lease, reason: DiscardReason | undefined) => void, context: () => TenancyContext | undefined) {
     this.#client = client
+    this.session = session
     this.#giveBack = giveBack
     this.#context = context
     // pg emits these synchronously when the socket fails or closes, before the

@@ -96,10 +96,10 @@ export class RoutingPool implements PostgresPool {
     const instance = context?.instance
     const target = sessionTarget(context, this.#settings)
     const label = instance?.name ?? 'default'
-    const lease = await this.#pools.acquire(instance?.datasource ?? 'default', label)
+    const lease = await this.#pools.acquireAsIs(instance?.datasource ?? 'default', label)
     let routed = this.#routed.get(lease.client)
     if (routed === undefined) {
-      routed = new RoutedClient(lease.client, this.#giveBack, this.#context)
+      routed = new RoutedClient(lease.client, this.#pools.sessionOf(lease.client), this.#giveBack, this.#context)
       this.#routed.set(lease.client, routed)
     }
     routed.checkout(lease, instance)
