@@ -8,6 +8,13 @@
 //   switch     one connection alternating between two schema instances
 //              (SET search_path on every checkout) against one schema instance
 //              (no statement): the cost of a schema switch
+//   session    the same schema lines with the session check on (every statement
+//              text classified) and off (SessionState.prototype.observe replaced
+//              by a no-op), in alternating blocks of 50 queries within one run;
+//              the check alone per statement text (a builder
+//              text, a remembered one, a new one that is parsed); and a
+//              statement that changes the session on every checkout, so every
+//              checkout opens a new connection
 // Throughput variants alternate within each round; medians are reported.
 //
 //   npm run bench:pools        # BENCH_INSTANCES=50 BENCH_MAX_POOLS=10 BENCH_OPS=4000 BENCH_CONCURRENCY=32 BENCH_ROUNDS=3
@@ -18,7 +25,8 @@ import { randomBytes } from 'node:crypto'
 import { rm } from 'node:fs/promises'
 import pg from 'pg'
 import { sql } from 'kysely'
-import { createTenancy, type Tenancy } from '../lib/index.js'
+import { createTenancy, SessionState, type Tenancy } from '../lib/index.js'
+import { changesSession } from '../lib/routing/session-state.js'
 
 const N = Number(process.env.BENCH_INSTANCES ?? 50)
 const MAX_POOLS = Number(process.env.BENCH_MAX_POOLS ?? 10)
@@ -167,7 +175,70 @@ async function main (): Promise<void> {
       same.push(await perQuery(['a']))
       alternating.push(await perQuery(['a', 'b']))
     }
+    // The session check on and off in alternating blocks of 50 queries, so that
+    // drift in the machine's load falls on both alike; µs per query for each.
+    const observe = SessionState.prototype.observe
+    const paired = async (pattern: string[]): Promise<{ on: number, off: number }> => {
+      const BLOCK = 50
+      const blocks = 2 * Math.max(1, Math.floor(SWITCH_OPS / BLOCK / 2))
+      let on = 0n
+      let off = 0n
+      for (let b = 0; b < blocks; b++) {
+        const checked = b % 2 === 0
+        if (!checked) SessionState.prototype.observe = () => {}
+        const start = process.hrtime.bigint()
+        try {
+          for (let n = 0; n < BLOCK; n++) {
+            await schemaTenancy.runAsInstance(pattern[(b * BLOCK + n) % pattern.length]!, async () => { await sdb.selectFrom('item').select('v').where('id', '=', 1).executeTakeFirst() })
+          }
+        } finally {
+          SessionState.prototype.observe = observe
+        }
+        if (checked) on += process.hrtime.bigint() - start
+        else off += process.hrtime.bigint() - start
+      }
+      const per = BLOCK * (blocks / 2) * 1e3
+      return { on: Number(on) / per, off: Number(off) / per }
+    }
+    const sameOnOff: Array<{ on: number, off: number }> = []
+    const alternatingOnOff: Array<{ on: number, off: number }> = []
+    for (let round = 0; round < ROUNDS; round++) {
+      sameOnOff.push(await paired(['a']))
+      alternatingOnOff.push(await paired(['a', 'b']))
+    }
+
+    // A statement that changes the session on every checkout: each release destroys the connection.
+    const destroying: number[] = []
+    const DESTROY_OPS = Math.max(1, Math.floor(SWITCH_OPS / 10))
+    for (let round = 0; round < ROUNDS; round++) {
+      const start = process.hrtime.bigint()
+      for (let n = 0; n < DESTROY_OPS; n++) {
+        await schemaTenancy.runAsInstance('a', async () => { await sql`select v from item where id = 1; reset search_path`.execute(sdb) })
+      }
+      destroying.push(Number(process.hrtime.bigint() - start) / 1e3 / DESTROY_OPS)
+    }
     await schemaTenancy.close()
+
+    // The check alone, on texts built beforehand, each a new string as a compiled query is (so its
+    // hash is computed): a builder text (no parse: a plain data statement), a text that needs the
+    // parser and was seen before (a remembered verdict), and texts seen for the first time (parsed).
+    const CHECKS = 20000
+    const perCheck = (texts: string[]): number => {
+      const start = process.hrtime.bigint()
+      for (const text of texts) if (changesSession(text)) throw new Error('unexpected verdict')
+      return Number(process.hrtime.bigint() - start) / texts.length
+    }
+    const copies = (parts: string[], count: number): string[] => Array.from({ length: count }, () => parts.join(''))
+    const builderParts = ['select "v" from "item" where "iid" = $1', ' and "v" = $2 order by "id" limit $3']
+    const parsedParts = ['select set_config(\'tenancy.x\', $1, true)', ', "v" from "item" where "iid" = $2']
+    let fresh = 0
+    const newTexts = (): string[] => Array.from({ length: CHECKS / 10 }, () => `${parsedParts.join('')} offset ${fresh++}`)
+    perCheck(copies(builderParts, CHECKS))
+    perCheck(copies(parsedParts, CHECKS))
+    perCheck(newTexts())
+    const builderCheck = median(Array.from({ length: ROUNDS }, () => perCheck(copies(builderParts, CHECKS))))
+    const remembered = median(Array.from({ length: ROUNDS }, () => perCheck(copies(parsedParts, CHECKS))))
+    const parsed = median(Array.from({ length: ROUNDS }, () => perCheck(newTexts())))
 
     const shared = median(results.shared!)
     const isolated = median(results.isolated!)
@@ -182,6 +253,19 @@ async function main (): Promise<void> {
     console.log(`memory per open pool (1 client)      ${Number.isNaN(perPool) ? 'run with node --expose-gc' : `${(perPool / 1024).toFixed(1)} KB JS heap + ${(perPoolExternal / 1024).toFixed(1)} KB external (buffers); each also holds one server backend`}`)
     console.log(`schema, no switch                    ${s.toFixed(1).padStart(8)} µs/query`)
     console.log(`schema, switch on every checkout     ${a.toFixed(1).padStart(8)} µs/query   ratio ${(a / s).toFixed(2)} (+${(a - s).toFixed(1)} µs)`)
+    const onOff = (pairs: Array<{ on: number, off: number }>, what: string): void => {
+      const on = median(pairs.map((p) => p.on))
+      const off = median(pairs.map((p) => p.off))
+      const ratio = median(pairs.map((p) => p.on / p.off))
+      console.log(`${what} ${on.toFixed(1).padStart(8)} µs/query with the session check, ${off.toFixed(1)} without: on/off ${ratio.toFixed(3)} (median of ${pairs.length} paired runs)`)
+    }
+    onOff(sameOnOff, 'schema, no switch, check on | off  ')
+    onOff(alternatingOnOff, 'schema, switch, check on | off     ')
+    const d = median(destroying)
+    console.log(`session changed on every checkout    ${d.toFixed(1).padStart(8)} µs/query   ratio to no switch ${(d / s).toFixed(2)} (a new connection each time)`)
+    console.log(`session check, builder text          ${builderCheck.toFixed(0).padStart(8)} ns/statement (not parsed)`)
+    console.log(`session check, remembered text       ${remembered.toFixed(0).padStart(8)} ns/statement`)
+    console.log(`session check, new text (parsed)     ${(parsed / 1000).toFixed(1).padStart(8)} µs/statement`)
   } finally {
     for (const tenancy of tenancies) await tenancy.close().catch(() => {})
     for (const name of [...databases, `${prefix}_tpl`, `${prefix}_shared`]) await run(url, `drop database if exists ${name} with (force)`).catch(() => {})
