@@ -10,12 +10,19 @@ const run = promisify(execFile)
 const root = path.resolve(import.meta.dirname, '..')
 const tsc = path.join(root, 'node_modules', 'typescript', 'bin', 'tsc')
 
+// pg-boss 12.34 to 12.38 ship declarations that name a type their types.d.ts
+// does not export (ResolvedConstructorOptions). That is pg-boss's defect, not
+// ours, and only this one diagnostic of pg-boss's own files is set aside: our
+// declarations stay checked with skipLibCheck off, as a strict user's are.
+const knownForeign = /^node_modules\/pg-boss\/dist\/[\w/]+\.d\.ts\(\d+,\d+\): error TS2724: .*'ResolvedConstructorOptions'/
+
 async function compile (project: string): Promise<string> {
   try {
     await run(process.execPath, [tsc, '-p', project], { cwd: root })
     return ''
   } catch (err) {
-    return String((err as { stdout?: string }).stdout ?? err)
+    const out = String((err as { stdout?: string }).stdout ?? err)
+    return out.split('\n').filter((line) => line !== '' && !knownForeign.test(line)).join('\n')
   }
 }
 
