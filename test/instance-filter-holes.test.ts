@@ -345,6 +345,13 @@ t.test('a schema-qualified tenant table with no alias beside a RIGHT or FULL joi
     .select(['t0.id', 'student.name']).execute()), { code: 'TENANCY_UNSUPPORTED_STATEMENT', message: /"public\.student" as/ })
   await t.rejects(tenancy.runAsInstance('b', () => anyDb.selectFrom('role as t0').rightJoin('public.student', 'public.student.id', 't0.id')
     .select(['t0.id', 'public.student.name']).execute()), { code: 'TENANCY_UNSUPPORTED_STATEMENT' })
+  // A subquery builder of the plain db is confined when it is embedded, before
+  // the outer withSchema() qualifies its tables and their references.
+  const inner = db.selectFrom('role as t1').fullJoin('student', 'student.id', 't1.id').select(['student.id as id'])
+  await t.rejects(tenancy.runAsInstance('b', () => db.withSchema('public').selectFrom('role as t0')
+    .where('t0.id', 'in', inner).select('t0.id').execute()), { code: 'TENANCY_UNSUPPORTED_STATEMENT', message: /"public\.student" as/ })
+  await t.rejects(tenancy.runAsInstance('b', () => db.withSchema('public').deleteFrom('tag')
+    .where('tag.id', 'in', inner).execute()), { code: 'TENANCY_UNSUPPORTED_STATEMENT' })
   const query = db.withSchema('public').selectFrom('role as t0').fullJoin('student as s', 's.id', 't0.id').select(['t0.id', 's.name', 's.iid']).orderBy('s.id')
   t.equal(tenancy.runAsInstance('b', () => query.compile().sql),
     'select "t0"."id", "s"."name", "s"."iid" from (select * from "public"."role" where "public"."role"."iid" = $1) as "t0" full join (select * from "public"."student" where "public"."student"."iid" = $2) as "s" on "s"."id" = "t0"."id" order by "s"."id"')

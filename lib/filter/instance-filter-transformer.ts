@@ -54,6 +54,10 @@ function labelOf (ref: TableRef): string {
   return quote(schema === undefined ? identifier.name : `${schema.name}.${identifier.name}`)
 }
 
+function needsAlias (label: string): Error {
+  return new UnsupportedStatementError(`The tenant table ${label} stands in a statement with a RIGHT or FULL join (or raw text at its end), where each tenant table becomes a confined derived table; a schema-qualified table needs an alias there: ${label} as …`)
+}
+
 // Predicates are immutable, so one node serves every query that needs the same
 // one; building them was a fifth of the filter's cost. Bounded by a reset.
 const PREDICATE_CACHE_SIZE = 10_000
@@ -302,12 +306,15 @@ export class InstanceFilterTransformer extends OperationNodeTransformer {
   /** `(select * from <table> where <table>.iid = $id) as <alias>`: a table confined on its own. */
   #derived (item: OperationNode): OperationNode {
     const ref = this.#tableRef(item)
-    if (ref === undefined) return item
+    if (ref === undefined) {
+      this.#refuseQualifiedDerived(item)
+      return item
+    }
     // A derived table's alias has no schema, so references written
     // `schema.table.column` (withSchema() writes them so) would no longer
     // resolve: such a table must be given an alias.
     if (ref.alias === undefined && ref.table.table.schema !== undefined) {
-      throw new UnsupportedStatementError(`The tenant table ${labelOf(ref)} stands in a statement with a RIGHT or FULL join (or raw text at its end), where each tenant table becomes a confined derived table; a schema-qualified table needs an alias there: ${labelOf(ref)} as …`)
+      throw needsAlias(labelOf(ref))
     }
     const inner: SelectQueryNode = {
       ...SelectQueryNode.createFrom([ref.table]),
@@ -315,6 +322,26 @@ export class InstanceFilterTransformer extends OperationNodeTransformer {
       where: WhereNode.create(this.#predicate(ref, true)),
     }
     return AliasNode.create(inner, IdentifierNode.create(ref.alias ?? ref.table.table.identifier.name))
+  }
+
+  /**
+   * A subquery builder is transformed by its own plugins when it is embedded
+   * (`db.withSchema('public').selectFrom(db.selectFrom('tag').fullJoin('role', …)…)`):
+   * its tables were confined as `(select * from role …) as role` before the
+   * outer `withSchema()` qualified them, and their references, with the
+   * schema. `public.role.iid` no longer names the alias `role`, so the table
+   * is refused here as it is when it comes qualified (42P01 otherwise).
+   */
+  #refuseQualifiedDerived (item: OperationNode): void {
+    if (item.kind !== 'AliasNode') return
+    const { node, alias } = item as AliasNode
+    if (node.kind !== 'SelectQueryNode' || alias.kind !== 'IdentifierNode') return
+    const froms = (node as SelectQueryNode).from?.froms
+    if (froms?.length !== 1 || froms[0]!.kind !== 'TableNode') return
+    const { identifier, schema } = (froms[0] as TableNode).table
+    if (schema === undefined || identifier.name !== (alias as IdentifierNode).name) return
+    if (this.#tables.kind(identifier.name, schema.name) === undefined) return
+    throw needsAlias(quote(`${schema.name}.${identifier.name}`))
   }
 
   #derivedJoins (joins: readonly JoinNode[] | undefined): readonly JoinNode[] | undefined {
