@@ -6,10 +6,11 @@ import t, { type Test } from 'tap'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { PgBoss, TestClock } from 'pg-boss'
 import type { Generated } from 'kysely'
-import { createTenancy, type Instance, type InstanceConfig, type InstanceStore, type Tenancy } from '../lib/index.js'
+import { createTenancy, databaseStore, type Instance, type InstanceConfig, type InstanceStore, type Tenancy } from '../lib/index.js'
 import { toInstance } from '../lib/instances/instance.js'
 import { JOB_CONTEXT_KEY } from '../lib/jobs/job-context.js'
 import { createDatabase, query } from './helpers/database.js'
+import { eventually } from './fixtures/store-helpers.js'
 
 class MutableStore implements InstanceStore {
   readonly #byId = new Map<number, Instance>()
@@ -155,4 +156,35 @@ t.test('a list of instances, the current context, keys, unschedule', async (t) =
   await tenancy.runAsHost(() => jobs.unschedule('tick'))
   t.same(await keys(boss!, 'tick'), [])
   await query(url, 'truncate fired')
+})
+
+t.test('with databaseStore() the schedules of all instances follow createInstance, disabling and removeInstance by themselves', async (t) => {
+  const followUrl = await createDatabase(t, 'jobs_follow')
+  const live = await createTenancy({ instances: databaseStore({ seed: [{ name: 'a', id: 1 }] }), datasources: { default: followUrl } })
+  t.teardown(() => live.close())
+  const boss = new PgBoss({ connectionString: followUrl, supervise: false })
+  boss.on('error', () => {})
+  await boss.start()
+  t.teardown(() => boss.stop({ graceful: false }))
+  await boss.createQueue('tick')
+  const warnings: string[] = []
+  const onWarning = (warning: Error): void => { warnings.push(warning.message) }
+  process.on('warning', onWarning)
+  t.teardown(() => { process.off('warning', onWarning) })
+  const jobs = live.jobs(boss)
+  t.same(await jobs.schedule('tick', '0 3 * * *', { kind: 'tick' }, { instances: 'all' }), { scheduled: 1, unscheduled: 0 })
+  t.same(await keys(boss, 'tick'), ['instance/1'])
+
+  // No refresh() call below: each change of the store brings the entries in step.
+  const { instance } = await live.createInstance({ name: 'late' })
+  const both = ['instance/1', `instance/${instance.id}`].sort()
+  t.same(await eventually(async () => { const now = await keys(boss, 'tick'); return now.length === 2 ? now : undefined }, 30_000), both, 'a created instance gets its entry')
+  const entry = await boss.getSchedule('tick', `instance/${instance.id}`)
+  t.same(entry?.data, { kind: 'tick', [JOB_CONTEXT_KEY]: { instance: instance.id } }, 'carrying that instance')
+  await live.updateInstance('a', { disabled: true })
+  t.same(await eventually(async () => { const now = await keys(boss, 'tick'); return now.length === 1 ? now : undefined }, 30_000), [`instance/${instance.id}`], 'a disabled instance loses its entry')
+  await live.removeInstance('late')
+  t.same(await eventually(async () => { const now = await keys(boss, 'tick'); return now.length === 0 ? now : undefined }, 30_000), [], 'a removed instance loses its entry')
+  t.same(await jobs.refresh(), { scheduled: 0, unscheduled: 0 }, 'nothing was left for an explicit refresh')
+  t.same(warnings.filter((message) => message.includes('schedules')), [], 'no refresh failed')
 })

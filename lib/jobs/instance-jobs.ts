@@ -65,6 +65,8 @@ function checkKey (key: unknown): string | undefined {
   return key
 }
 
+const STORE_EVENTS = ['instanceCreated', 'instanceUpdated', 'instanceRemoved'] as const
+
 type AnyHandler = (jobs: Job<any>[], tx?: any) => any
 
 /**
@@ -85,6 +87,7 @@ export class InstanceJobs {
   readonly boss: PgBoss
   readonly #tenancy: JobTenancy
   readonly #followed = new Map<string, Followed>()
+  #following: Promise<void> = Promise.resolve()
 
   /** @internal use `tenancy.jobs(boss)` */
   constructor (tenancy: JobTenancy, boss: PgBoss) {
@@ -93,6 +96,27 @@ export class InstanceJobs {
     }
     this.#tenancy = tenancy
     this.boss = boss
+    if (typeof tenancy.on === 'function') {
+      const follow = (): void => { this.#followStore() }
+      for (const event of STORE_EVENTS) tenancy.on(event, follow)
+      // A stopped boss has no schedule table to write to: stop following then.
+      if (typeof boss.once === 'function') {
+        boss.once('stopped', () => { for (const event of STORE_EVENTS) tenancy.off?.(event, follow) })
+      }
+    }
+  }
+
+  /**
+   * A change of the store (an instance created, updated or removed, in this
+   * process or another) brings the `instances: 'all'` schedules in step, one
+   * refresh after the other; a failure is reported as a warning, and the next
+   * change or a {@link refresh} call tries again.
+   */
+  #followStore (): void {
+    if (this.#followed.size === 0) return
+    this.#following = this.#following.then(() => this.refresh()).then(() => undefined, (err: unknown) => {
+      process.emitWarning(`The schedules of all instances could not follow a change of the instances: ${err instanceof Error ? err.message : String(err)}`)
+    })
   }
 
   /**
@@ -256,9 +280,11 @@ export class InstanceJobs {
   /**
    * Brings every `instances: 'all'` schedule of this process in step with the
    * store: an instance that is new (or enabled again) gets its entry, one that
-   * was removed or disabled loses it. Call it when the store changes (an
-   * instance store's change event, or a timer); with a list of instances given
-   * in configuration, after a restart.
+   * was removed or disabled loses it. With `databaseStore()` this runs by
+   * itself on each `instanceCreated`, `instanceUpdated` and `instanceRemoved`
+   * (in every process that sees the change); call it for a store of your own
+   * when it changes (or on a timer), and with a list of instances given in
+   * configuration, after a restart.
    */
   async refresh (): Promise<ScheduleChanges> {
     const total: ScheduleChanges = { scheduled: 0, unscheduled: 0 }

@@ -33,6 +33,9 @@ export interface JobTenancy extends ContextOwner {
   getInstance (nameOrId: InstanceName | number): Instance
   /** The instances. */
   readonly instances: InstanceStore
+  /** The store's change events, when the tenancy has them. */
+  on?: (event: 'instanceCreated' | 'instanceUpdated' | 'instanceRemoved', listener: () => void) => unknown
+  off?: (event: 'instanceCreated' | 'instanceUpdated' | 'instanceRemoved', listener: () => void) => unknown
 }
 
 const HOST: JobTarget = Object.freeze({ host: true })
