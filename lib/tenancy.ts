@@ -1,13 +1,14 @@
 import { Kysely, PostgresDialect } from 'kysely'
 import { contextOf, enterContext, type ContextOwner, type TenancyContext } from './context.js'
 import { ClosedError, InvalidOptionsError } from './errors.js'
-import { SAFE_IDENTIFIER, type Instance, type InstanceConfig, type InstanceName } from './instances/instance.js'
+import { type Instance, type InstanceConfig, type InstanceName } from './instances/instance.js'
 import { InstanceRegistry, requireInstance, type InstanceStore } from './instances/instance-registry.js'
 import { PoolManager, type DatasourceConfig, type PoolSettings } from './routing/pool-manager.js'
 import { RoutingPool } from './routing/routing-pool.js'
 import type { SessionSettings } from './routing/session-state.js'
 import { InstanceFilterPlugin } from './filter/instance-filter-plugin.js'
 import { TenantTables, type TenantTablesOption } from './filter/tenant-tables.js'
+import { tenantColumn } from './filter/tenant-column.js'
 import { TableWatcher } from './filter/table-watcher.js'
 import { RawSqlGuard } from './filter/raw-sql-guard.js'
 import { rowLevelSecuritySettings, withSettings } from './filter/row-level-security.js'
@@ -153,10 +154,7 @@ export class Tenancy implements ContextOwner {
     this.#strict = options.strict === true
     if (options.tables !== undefined) this.#tenantTables = new TenantTables(options.tables)
     this.instances = isStore(options.instances) ? options.instances : new InstanceRegistry(options.instances, this.#pools.names())
-    this.tenantColumn = options.tenantColumn ?? 'iid'
-    if (typeof this.tenantColumn !== 'string' || !SAFE_IDENTIFIER.test(this.tenantColumn)) {
-      throw new InvalidOptionsError(`tenantColumn ${JSON.stringify(this.tenantColumn)} is not a safe column name`)
-    }
+    this.tenantColumn = tenantColumn(options.tenantColumn)
     this.#migrator = new FleetMigrator(options)
     this.#discoversTables = options.tables === undefined
     this.#lifecycle = new InstanceLifecycle({

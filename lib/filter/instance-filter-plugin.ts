@@ -1,7 +1,7 @@
 import type { KyselyPlugin, PluginTransformQueryArgs, PluginTransformResultArgs, QueryResult, RootOperationNode, UnknownRow } from 'kysely'
 import { currentContext, type TenancyContext } from '../context.js'
 import { InvalidOptionsError } from '../errors.js'
-import { SAFE_IDENTIFIER } from '../instances/instance.js'
+import { tenantColumn } from './tenant-column.js'
 import type { RawSqlGuard } from './raw-sql-guard.js'
 import { InstanceFilterTransformer, type InstanceFilterTarget } from './instance-filter-transformer.js'
 import { TenantTables, type TenantTablesOption } from './tenant-tables.js'
@@ -66,8 +66,7 @@ export class InstanceFilterPlugin implements KyselyPlugin {
   constructor (options: InstanceFilterPluginOptions) {
     if (options === null || typeof options !== 'object') throw new InvalidOptionsError('InstanceFilterPlugin needs an options object')
     const tables = options.tables instanceof TenantTables || typeof options.tables === 'function' ? options.tables : new TenantTables(options.tables)
-    this.#column = options.tenantColumn ?? 'iid'
-    if (typeof this.#column !== 'string' || !SAFE_IDENTIFIER.test(this.#column)) throw new InvalidOptionsError(`tenantColumn ${JSON.stringify(this.#column)} is not a safe column name`)
+    this.#column = tenantColumn(options.tenantColumn)
     this.#transformer = new InstanceFilterTransformer(tables, this.#column)
     this.#guard = options.rawSqlGuard
     if (options.context !== undefined && typeof options.context !== 'function') throw new InvalidOptionsError('context must be a function that returns the current frame')

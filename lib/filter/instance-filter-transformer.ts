@@ -8,6 +8,7 @@ import {
 } from 'kysely'
 import { HostContextError, MismatchError, NoContextError, UnknownTableError, UnsupportedStatementError, quote } from '../errors.js'
 import type { TenantTableKind, TenantTables } from './tenant-tables.js'
+import { DEFAULT_TENANT_COLUMN } from './tenant-column.js'
 import { rawFragmentProblem } from './raw-fragment.js'
 
 /**
@@ -89,7 +90,7 @@ export class InstanceFilterTransformer extends OperationNodeTransformer {
   #rawProblem: string | undefined
 
   /** `tables` may be a function, read once per query, so that the tables can be discovered again. */
-  constructor (tables: TenantTables | (() => TenantTables), tenantColumn = 'iid') {
+  constructor (tables: TenantTables | (() => TenantTables), tenantColumn = DEFAULT_TENANT_COLUMN) {
     super()
     this.#source = typeof tables === 'function' ? tables : () => tables
     this.#tables = this.#source()

@@ -1,7 +1,6 @@
 import pg from 'pg'
 import type { TenancyContext } from '../context.js'
-import { InvalidOptionsError } from '../errors.js'
-import { SAFE_IDENTIFIER } from '../instances/instance.js'
+import { tenantColumn } from './tenant-column.js'
 import type { SessionSettings } from '../routing/session-state.js'
 import { TenantTables, type TenantTablesOption } from './tenant-tables.js'
 
@@ -92,8 +91,7 @@ function qualified (key: string): string {
  * ```
  */
 export function rowLevelSecurityStatements (tables: TenantTables | TenantTablesOption, options: RowLevelSecurityOptions = {}): string[] {
-  const column = options.tenantColumn ?? 'iid'
-  if (!SAFE_IDENTIFIER.test(column)) throw new InvalidOptionsError(`tenantColumn ${JSON.stringify(column)} is not a safe column name`)
+  const column = tenantColumn(options.tenantColumn)
   const policy = pg.escapeIdentifier(options.policyName ?? 'tenancy_instance')
   const list = tables instanceof TenantTables ? tables : new TenantTables(tables)
   const raw = `current_setting('${RLS_SETTING}', true)`

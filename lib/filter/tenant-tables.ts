@@ -1,5 +1,5 @@
 import { InvalidOptionsError } from '../errors.js'
-import { SAFE_IDENTIFIER } from '../instances/instance.js'
+import { tenantColumn } from './tenant-column.js'
 
 /**
  * How a tenant table holds rows:
@@ -143,11 +143,6 @@ export class TenantTables {
     return this.#known.has(schema === undefined ? name : `${schema}.${name}`)
   }
 
-  /** The number of configured entries. */
-  get size (): number {
-    return this.#qualified.size + this.#unqualified.size
-  }
-
   /** The kind of the table `schema.name` (or `name` without schema), or `undefined` when it is not a tenant table. */
   kind (name: string, schema?: string): TenantTableKind | undefined {
     if (schema === undefined) return this.#byName.get(name)
@@ -204,9 +199,8 @@ export const CATALOG_RELATIONS = `select c.oid, n.nspname as schema, c.relname a
  * tables.relation('public.student_names') // 'view'
  * ```
  */
-export async function discoverTenantTables (db: CatalogQueryable, tenantColumn = 'iid'): Promise<TenantTables> {
-  if (!SAFE_IDENTIFIER.test(tenantColumn)) throw new InvalidOptionsError(`tenantColumn ${JSON.stringify(tenantColumn)} is not a safe column name`)
-  const { rows } = await db.query(CATALOG_RELATIONS, [tenantColumn])
+export async function discoverTenantTables (db: CatalogQueryable, column?: string): Promise<TenantTables> {
+  const { rows } = await db.query(CATALOG_RELATIONS, [tenantColumn(column)])
   const entries: Record<string, TenantTableEntry> = {}
   const known: string[] = []
   for (const row of rows) {
