@@ -1,9 +1,7 @@
 import { PostgresQueryCompiler, type FunctionNode, type OperationNode, type RawNode, type TableNode } from 'kysely'
 import { RawSqlError, quote } from '../errors.js'
-import { loadSqlParser, type ParseSql } from '../sql-parser.js'
+import { loadSqlParser, loadSqlScanner, type ParseSql, type ScanSql } from '../sql-parser.js'
 import type { TenantTables } from './tenant-tables.js'
-
-type ScanSql = (text: string) => { tokens: ReadonlyArray<{ tokenName: string, text: string }> }
 
 const RUNS_TEXT = 'runs SQL given to it as text'
 const READS_NAMED = 'reads a table named by a value'
@@ -144,10 +142,7 @@ export class RawSqlGuard {
 
   /** Loads the parser and returns a guard for `tables` (or a function that returns the current ones). */
   static async load (tables: TenantTables | (() => TenantTables)): Promise<RawSqlGuard> {
-    const parse = await loadSqlParser()
-    // Same module, already loaded by loadSqlParser(): its tokenizer.
-    const { scanSync } = await import('libpg-query')
-    return new RawSqlGuard(tables, parse, scanSync as ScanSql)
+    return new RawSqlGuard(tables, await loadSqlParser(), await loadSqlScanner())
   }
 
   /** The first tenant table the statement `text` names, or `null`. */
