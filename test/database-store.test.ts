@@ -202,6 +202,17 @@ t.test('seeds are created when absent and never overwritten; ids are never reuse
   const second = await a.createInstance({ name: 'two' })
   t.ok(second.instance.id > 50, 'the sequence moved past the seed')
   t.ok(second.instance.id > first.instance.id, 'a dropped instance\'s id is not handed out again')
+  await b.removeInstance('extra', { drop: true })
+  await b.close()
+  const c = await createTenancy({
+    instances: databaseStore({ seed: [{ name: 'shareTest', id: 2 }, { name: 'extra', id: 50 }] }),
+    datasources: { default: url },
+    tables: { student: 'must' },
+  })
+  t.teardown(() => c.close())
+  t.equal(c.instances.byName('extra'), undefined, 'a seed removed with drop is not created again while it is still in seed')
+  t.throws(() => c.getInstance('extra'), { code: 'TENANCY_UNKNOWN_INSTANCE' })
+  t.same(await query(url, 'select id, name from tenancy_instance_removed where id = 50'), [{ id: 50, name: 'extra' }], 'its id is kept as removed')
   await t.rejects(createTenancy({ instances: databaseStore({ seed: [{ name: 'x', id: 3 }, { name: 'X', id: 4 }] }), datasources: { default: url } }),
     { code: 'TENANCY_INVALID_OPTIONS', message: /differ only in case/ })
 })

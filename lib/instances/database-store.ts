@@ -273,6 +273,11 @@ export class DatabaseStore implements InstanceStore {
     return `"${this.#schema}"."${this.#table}"`
   }
 
+  /** `<table>_removed`: the ids (and names) of deleted rows, so that a removed seed is not created again. */
+  get #removedTable (): string {
+    return `"${this.#schema}"."${this.#table}_removed"`
+  }
+
   /** The table as `schema.table`, for markers and messages. */
   get tableName (): string {
     return `${this.#schema}.${this.#table}`
@@ -410,13 +415,18 @@ export class DatabaseStore implements InstanceStore {
         constraint "${this.#table}_name_unique" unique (name_key),
         constraint "${this.#table}_physical_unique" unique (physical))`)
       await client.query(`alter sequence ${seq} owned by ${t}.id`)
+      // The ids of deleted rows: a seed removed with drop stays removed, though it is still in seed.
+      await client.query(`create table if not exists ${this.#removedTable} (id integer primary key, name text not null, removed_at timestamptz not null default now())`)
       await client.query(`create or replace function ${fn('touch')}() returns trigger language plpgsql as $$
         begin new.version := old.version + 1; new.updated_at := now(); return new; end $$`)
       await client.query(`create or replace function ${fn('notify')}() returns trigger language plpgsql as $$
         begin perform pg_notify(${client.escapeLiteral(this.#channel)}, coalesce(new.id, old.id)::text); return null; end $$`)
       await client.query(`create or replace trigger "${this.#table}_touch" before update on ${t} for each row execute function ${fn('touch')}()`)
       await client.query(`create or replace trigger "${this.#table}_notify" after insert or update or delete on ${t} for each row execute function ${fn('notify')}()`)
+      const { rows: removed } = await client.query<{ id: number }>(`select id from ${this.#removedTable} where id = any($1::int[])`, [seeds.map((seed) => seed.id)])
+      const gone = new Set(removed.map((row) => row.id))
       for (const seed of seeds) {
+        if (gone.has(seed.id)) continue
         await client.query(`insert into ${t} (id, name, title, config, mode, datasource, schema, role, disabled)
           values ($1, $2, $3, $4, $5, $6, $7, $8, $9) on conflict do nothing`,
         [seed.id, seed.name, seed.title, JSON.stringify(seed.config), seed.mode, seed.datasource, seed.schema, seed.role, seed.disabled])
@@ -645,6 +655,7 @@ export class DatabaseStore implements InstanceStore {
   /** Deletes the row `id`. */
   async delete (id: number): Promise<void> {
     await this.#write(this.#records.get(id)?.instance.name ?? String(id), async (client) => {
+      await client.query(`insert into ${this.#removedTable} (id, name) select id, name from ${this.table} where id = $1 on conflict do nothing`, [id])
       await client.query(`delete from ${this.table} where id = $1`, [id])
     })
     this.#applyGone(id, true)
