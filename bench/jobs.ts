@@ -15,33 +15,19 @@
 //
 //   npm run build && node dist/bench/jobs.js   # BENCH_JOBS=4000 BENCH_ROUNDS=5 BENCH_SENDERS=16
 // Uses DATABASE_URL when set, otherwise starts an embedded PostgreSQL in .data/.
-import path from 'node:path'
-import { fileURLToPath, pathToFileURL } from 'node:url'
 import { randomBytes } from 'node:crypto'
-import { rm } from 'node:fs/promises'
 import pg from 'pg'
 import { PgBoss, type Job } from 'pg-boss'
 import { createTenancy, type Tenancy } from '../lib/index.js'
 import { runWrappedJob, wrapJobData } from '../lib/jobs/job-context.js'
+import { benchServer, run, withDatabase } from './bench-database.js'
 
 const JOBS = Number(process.env.BENCH_JOBS ?? 4000)
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
 const SENDERS = Number(process.env.BENCH_SENDERS ?? 16)
 const INSTANCES = 20
 const WORK = { batchSize: 50, localConcurrency: 4, burstWhenBatchFull: true, pollingIntervalSeconds: 0.5 }
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
 
-function withDatabase (url: string, database: string): string {
-  const parsed = new URL(url)
-  parsed.pathname = '/' + database
-  return parsed.toString()
-}
-
-async function run (url: string, text: string): Promise<void> {
-  const client = new pg.Client({ connectionString: url })
-  await client.connect()
-  try { await client.query(text) } finally { await client.end() }
-}
 
 function median (values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b)
@@ -91,15 +77,8 @@ async function workAll (boss: PgBoss, variant: Variant, queue: string): Promise<
 }
 
 async function main (): Promise<void> {
-  let server: { url: string, stop (): Promise<void>, dir: string } | undefined
-  let url = process.env.DATABASE_URL
-  if (!url) {
-    const { startEmbeddedPostgres } = await import(pathToFileURL(path.join(root, 'scripts', 'embedded-postgres.js')).href) as {
-      startEmbeddedPostgres (o: { dir: string }): Promise<{ url: string, stop (): Promise<void>, dir: string }>
-    }
-    server = await startEmbeddedPostgres({ dir: path.join(root, '.data', `bench-jobs-${process.pid}`) })
-    url = server.url
-  }
+  const server = await benchServer('bench-jobs')
+  const url = server.url
   const database = `bench_jobs_${randomBytes(3).toString('hex')}`
   let tenancy: Tenancy | undefined
   let boss: PgBoss | undefined
@@ -200,10 +179,7 @@ async function main (): Promise<void> {
     await rows?.end().catch(() => {})
     await tenancy?.close().catch(() => {})
     await run(url, `drop database if exists ${database} with (force)`).catch(() => {})
-    if (server) {
-      await server.stop()
-      await rm(server.dir, { recursive: true, force: true })
-    }
+    await server.stop()
   }
 }
 

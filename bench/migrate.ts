@@ -10,34 +10,20 @@
 //
 //   npm run build && node dist/bench/migrate.js    # BENCH_SCHEMAS=1000 BENCH_ISOLATED=50 BENCH_ROWS=20
 // Uses DATABASE_URL when set, otherwise starts an embedded PostgreSQL in .data/.
-import path from 'node:path'
-import { fileURLToPath, pathToFileURL } from 'node:url'
 import { randomBytes } from 'node:crypto'
-import { rm } from 'node:fs/promises'
 import pg from 'pg'
 import { sql, type Kysely } from 'kysely'
 import type { MigrationProvider } from 'kysely/migration'
 import { createTenancy, type InstanceConfig } from '../lib/index.js'
 import type { MigrationReport } from '../lib/lifecycle/fleet-migrator.js'
+import { benchServer, run, withDatabase } from './bench-database.js'
 
 const SCHEMAS = Number(process.env.BENCH_SCHEMAS ?? 1000)
 const ISOLATED = Number(process.env.BENCH_ISOLATED ?? 50)
 const ROWS = Number(process.env.BENCH_ROWS ?? 20)
 const MAX_POOLS = 10
 const POOL_MAX = 10
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
 
-function withDatabase (url: string, database: string): string {
-  const parsed = new URL(url)
-  parsed.pathname = '/' + database
-  return parsed.toString()
-}
-
-async function run (url: string, text: string): Promise<void> {
-  const client = new pg.Client({ connectionString: url })
-  await client.connect()
-  try { await client.query(text) } finally { await client.end() }
-}
 
 const migrations: MigrationProvider = {
   getMigrations: async () => ({
@@ -115,15 +101,8 @@ function line (what: string, m: Measure): string {
 }
 
 async function main (): Promise<void> {
-  let server: { url: string, stop (): Promise<void>, dir: string } | undefined
-  let url = process.env.DATABASE_URL
-  if (!url) {
-    const { startEmbeddedPostgres } = await import(pathToFileURL(path.join(root, 'scripts', 'embedded-postgres.js')).href) as {
-      startEmbeddedPostgres (o: { dir: string }): Promise<{ url: string, stop (): Promise<void>, dir: string }>
-    }
-    server = await startEmbeddedPostgres({ dir: path.join(root, '.data', `bench-migrate-${process.pid}`) })
-    url = server.url
-  }
+  const server = await benchServer('bench-migrate')
+  const url = server.url
   const prefix = `bench_mig_${randomBytes(3).toString('hex')}`
   const schemaDb = `${prefix}_schemas`
   const isolatedDbs = Array.from({ length: ISOLATED }, (_, i) => `${prefix}_iso_${i}`)
@@ -175,10 +154,7 @@ async function main (): Promise<void> {
     console.log(`# maxPools=${MAX_POOLS}, pool.max=${POOL_MAX} (budget ${MAX_POOLS * POOL_MAX} connections), ${ROWS} rows backfilled per target`)
   } finally {
     for (const name of [schemaDb, ...isolatedDbs]) await run(url, `drop database if exists ${name} with (force)`).catch(() => {})
-    if (server) {
-      await server.stop()
-      await rm(server.dir, { recursive: true, force: true })
-    }
+    await server.stop()
   }
 }
 

@@ -19,14 +19,11 @@
 //
 //   npm run bench:pools        # BENCH_INSTANCES=50 BENCH_MAX_POOLS=10 BENCH_OPS=4000 BENCH_CONCURRENCY=32 BENCH_ROUNDS=3
 // Uses DATABASE_URL when set, otherwise starts an embedded PostgreSQL in .data/.
-import path from 'node:path'
-import { fileURLToPath, pathToFileURL } from 'node:url'
 import { randomBytes } from 'node:crypto'
-import { rm } from 'node:fs/promises'
-import pg from 'pg'
 import { sql } from 'kysely'
 import { createTenancy, SessionState, type Tenancy } from '../lib/index.js'
 import { changesSession } from '../lib/routing/session-state.js'
+import { benchServer, run, withDatabase } from './bench-database.js'
 
 const N = Number(process.env.BENCH_INSTANCES ?? 50)
 const MAX_POOLS = Number(process.env.BENCH_MAX_POOLS ?? 10)
@@ -35,21 +32,9 @@ const CONCURRENCY = Number(process.env.BENCH_CONCURRENCY ?? 32)
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
 const POOL_MAX = 2
 const SWITCH_OPS = Number(process.env.BENCH_SWITCH_OPS ?? 3000)
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
 
 interface DB { item: { id: number, iid: number, v: number } }
 
-function withDatabase (url: string, database: string): string {
-  const parsed = new URL(url)
-  parsed.pathname = '/' + database
-  return parsed.toString()
-}
-
-async function run (url: string, text: string): Promise<void> {
-  const client = new pg.Client({ connectionString: url })
-  await client.connect()
-  try { await client.query(text) } finally { await client.end() }
-}
 
 function median (values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b)
@@ -77,15 +62,8 @@ async function throughput (tenancy: Tenancy, names: string[], ids: number[]): Pr
 }
 
 async function main (): Promise<void> {
-  let server: { url: string, stop (): Promise<void>, dir: string } | undefined
-  let url = process.env.DATABASE_URL
-  if (!url) {
-    const { startEmbeddedPostgres } = await import(pathToFileURL(path.join(root, 'scripts', 'embedded-postgres.js')).href) as {
-      startEmbeddedPostgres (o: { dir: string }): Promise<{ url: string, stop (): Promise<void>, dir: string }>
-    }
-    server = await startEmbeddedPostgres({ dir: path.join(root, '.data', `bench-pools-${process.pid}`) })
-    url = server.url
-  }
+  const server = await benchServer('bench-pools')
+  const url = server.url
   const prefix = `bench_${randomBytes(3).toString('hex')}`
   const databases = Array.from({ length: N }, (_, i) => `${prefix}_${i}`)
   const table = 'create table item (id serial primary key, iid int not null, v int not null)'
@@ -269,10 +247,7 @@ async function main (): Promise<void> {
   } finally {
     for (const tenancy of tenancies) await tenancy.close().catch(() => {})
     for (const name of [...databases, `${prefix}_tpl`, `${prefix}_shared`]) await run(url, `drop database if exists ${name} with (force)`).catch(() => {})
-    if (server) {
-      await server.stop()
-      await rm(server.dir, { recursive: true, force: true })
-    }
+    await server.stop()
   }
 }
 

@@ -12,39 +12,26 @@
 //
 //   npm run bench:store   # BENCH_SHARED=200 BENCH_SCHEMA=50 BENCH_ISOLATED=10 BENCH_UPDATES=300 BENCH_STORE=1000 BENCH_ROLE=0
 // Uses DATABASE_URL when set, otherwise starts an embedded PostgreSQL in .data/.
-import path from 'node:path'
 import { spawn } from 'node:child_process'
 import { createInterface } from 'node:readline'
-import { fileURLToPath, pathToFileURL } from 'node:url'
+import { fileURLToPath } from 'node:url'
 import { randomBytes } from 'node:crypto'
-import { rm } from 'node:fs/promises'
 import pg from 'pg'
 import type { Kysely } from 'kysely'
 import type { MigrationProvider } from 'kysely/migration'
 import { InstanceRegistry, createTenancy, databaseStore, type Tenancy } from '../lib/index.js'
+import { benchServer, run, withDatabase } from './bench-database.js'
 
 const SHARED = Number(process.env.BENCH_SHARED ?? 200)
 const SCHEMA = Number(process.env.BENCH_SCHEMA ?? 50)
 const ISOLATED = Number(process.env.BENCH_ISOLATED ?? 10)
 const UPDATES = Number(process.env.BENCH_UPDATES ?? 300)
 const STORE = Number(process.env.BENCH_STORE ?? 1000)
-// With roles, the instance migrations of one schema instance can be handed a pooled connection still
-// SET ROLE to the previous instance's role (see bench/RESULTS.md): off by default.
+// Schema instances with roles: off by default, as in the runs recorded in bench/RESULTS.md (a
+// connection still SET ROLE to the previous instance failed them before the migrator reset roles).
 const ROLE = process.env.BENCH_ROLE === '1'
 const LOOKUPS = 2_000_000
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
 
-function withDatabase (url: string, database: string): string {
-  const parsed = new URL(url)
-  parsed.pathname = '/' + database
-  return parsed.toString()
-}
-
-async function run (url: string, text: string): Promise<void> {
-  const client = new pg.Client({ connectionString: url })
-  await client.connect()
-  try { await client.query(text) } finally { await client.end() }
-}
 
 function percentile (values: number[], p: number): number {
   const sorted = [...values].sort((a, b) => a - b)
@@ -98,15 +85,8 @@ async function timed (count: number, make: (i: number) => Promise<unknown>): Pro
 }
 
 async function main (): Promise<void> {
-  let server: { url: string, stop (): Promise<void>, dir: string } | undefined
-  let url = process.env.DATABASE_URL
-  if (!url) {
-    const { startEmbeddedPostgres } = await import(pathToFileURL(path.join(root, 'scripts', 'embedded-postgres.js')).href) as {
-      startEmbeddedPostgres (o: { dir: string }): Promise<{ url: string, stop (): Promise<void>, dir: string }>
-    }
-    server = await startEmbeddedPostgres({ dir: path.join(root, '.data', `bench-store-${process.pid}`) })
-    url = server.url
-  }
+  const server = await benchServer('bench-store')
+  const url = server.url
   const tag = `bench_store_${randomBytes(3).toString('hex')}`
   const prefix = `${tag}_`
   const appUrl = withDatabase(url, tag)
@@ -181,10 +161,7 @@ async function main (): Promise<void> {
     } finally {
       await client.end()
     }
-    if (server) {
-      await server.stop()
-      await rm(server.dir, { recursive: true, force: true })
-    }
+    await server.stop()
   }
 }
 
