@@ -141,6 +141,7 @@ t.test('a large sample runs on PostgreSQL in one connection without a leak', asy
   const rollback = new Error('rollback')
   let executed = 0
   let rows = 0
+  let nonEmpty = 0
   const leaks: string[] = []
   await single.transaction().execute(async (trx) => {
     for (let i = 0; i < shapes.length; i += EXECUTE_EVERY) {
@@ -148,6 +149,7 @@ t.test('a large sample runs on PostgreSQL in one connection without a leak', asy
       const result = await tenancy.runAsInstance(id, async () => await build(trx, shape).execute())
       executed++
       rows += result.length
+      if (result.length > 0) nonEmpty++
       for (const row of result) {
         for (const [key, value] of Object.entries(row)) {
           if (value !== null && value !== id) leaks.push(`seed ${seed}, #${i} ${JSON.stringify(shape)} as ${id}: ${key} = ${String(value)}`)
@@ -159,5 +161,8 @@ t.test('a large sample runs on PostgreSQL in one connection without a leak', asy
   }).catch((err: unknown) => { if (err !== rollback) throw err })
   t.same(leaks.slice(0, 5), [], `no row of another instance (seed ${seed})`)
   t.ok(executed >= STATEMENTS / EXECUTE_EVERY, `${executed} statements executed`)
-  t.ok(rows > executed, `${rows} rows returned or changed: the sample is not empty`)
+  // Most shapes return rows (empty joins, EXCEPT and misses are the others):
+  // a filter that hid every row would pass the leak check, this catches it.
+  t.comment(`${nonEmpty} of ${executed} statements returned or changed rows (${rows} rows)`)
+  t.ok(nonEmpty >= executed / 4, `${nonEmpty} of ${executed} statements returned or changed rows: the sample is not empty`)
 })
