@@ -1,7 +1,7 @@
 import t from 'tap'
-import pg from 'pg'
 import { Kysely, PostgresDialect, sql, type Generated } from 'kysely'
 import { createTenancy, MismatchError, RoutingPool } from '../lib/index.js'
+import { WholeCursor } from './helpers/whole-cursor.js'
 import { createDatabase, query } from './helpers/database.js'
 
 // A transaction (or db.connection()) belongs to the instance that began it.
@@ -113,30 +113,6 @@ t.test('after mismatches nothing stays checked out and every instance still work
     })
   }
 })
-
-/** A cursor for Kysely's stream(): the whole result in the first read. */
-class WholeCursor<R> extends pg.Query {
-  readonly #rows: Promise<R[]>
-  #read = false
-  constructor (text: string, values: unknown[]) {
-    super(text, values)
-    this.#rows = new Promise((resolve, reject) => {
-      this.once('end', (result: { rows: R[] }) => { resolve(result.rows) })
-      this.once('error', reject)
-    })
-    this.#rows.catch(() => {})
-  }
-
-  async read (): Promise<R[]> {
-    if (this.#read) return []
-    this.#read = true
-    return await this.#rows
-  }
-
-  async close (): Promise<void> {
-    await this.#rows.catch(() => {})
-  }
-}
 
 t.test('the cursor path (stream) is bound to the transaction\'s instance too', async (t) => {
   // Not destroyed: it would close the tenancy's pools.

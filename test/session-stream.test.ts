@@ -3,9 +3,9 @@
 // the connection is destroyed, and the next checkout of the same pool does not
 // inherit its search_path. Only the execute() path was tested for this.
 import t from 'tap'
-import pg from 'pg'
 import { Kysely, PostgresDialect, sql } from 'kysely'
 import { createTenancy, RoutingPool } from '../lib/index.js'
+import { WholeCursor } from './helpers/whole-cursor.js'
 import { createDatabase, query } from './helpers/database.js'
 
 interface DB { note: { id: number, body: string } }
@@ -18,30 +18,6 @@ await query(url, `
 `)
 const ten = await createTenancy({ instances: [{ name: '', id: 1 }, { name: 'c', id: 2, schema: 'tenant_c' }], datasources: { default: url }, pool: { max: 1 } })
 t.teardown(() => ten.close())
-
-/** A cursor for Kysely's stream(): the whole result in the first read. */
-class WholeCursor<R> extends pg.Query {
-  readonly #rows: Promise<R[]>
-  #read = false
-  constructor (text: string, values: unknown[]) {
-    super(text, values)
-    this.#rows = new Promise((resolve, reject) => {
-      this.once('end', (result: { rows: R[] }) => { resolve(result.rows) })
-      this.once('error', reject)
-    })
-    this.#rows.catch(() => {})
-  }
-
-  async read (): Promise<R[]> {
-    if (this.#read) return []
-    this.#read = true
-    return await this.#rows
-  }
-
-  async close (): Promise<void> {
-    await this.#rows.catch(() => {})
-  }
-}
 
 // Not destroyed: it would close the tenancy's pools.
 const db = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new RoutingPool(ten.pools, { context: () => ten.context() }), cursor: WholeCursor }) })
