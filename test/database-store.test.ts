@@ -213,6 +213,15 @@ t.test('seeds are created when absent and never overwritten; ids are never reuse
   t.equal(c.instances.byName('extra'), undefined, 'a seed removed with drop is not created again while it is still in seed')
   t.throws(() => c.getInstance('extra'), { code: 'TENANCY_UNKNOWN_INSTANCE' })
   t.same(await query(url, 'select id, name from tenancy_instance_removed where id = 50'), [{ id: 50, name: 'extra' }], 'its id is kept as removed')
+  await c.close()
+  await query(url, 'delete from tenancy_instance_removed where id = 50')
+  const d = await createTenancy({
+    instances: databaseStore({ seed: [{ name: 'shareTest', id: 2 }, { name: 'extra', id: 50 }] }),
+    datasources: { default: url },
+    tables: { student: 'must' },
+  })
+  t.teardown(() => d.close())
+  t.equal(d.instances.byName('extra')?.id, 50, 'deleting its _removed row lets the seed create it afresh')
   await t.rejects(createTenancy({ instances: databaseStore({ seed: [{ name: 'x', id: 3 }, { name: 'X', id: 4 }] }), datasources: { default: url } }),
     { code: 'TENANCY_INVALID_OPTIONS', message: /differ only in case/ })
 })

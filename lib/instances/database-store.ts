@@ -423,7 +423,9 @@ export class DatabaseStore implements InstanceStore {
         begin perform pg_notify(${client.escapeLiteral(this.#channel)}, coalesce(new.id, old.id)::text); return null; end $$`)
       await client.query(`create or replace trigger "${this.#table}_touch" before update on ${t} for each row execute function ${fn('touch')}()`)
       await client.query(`create or replace trigger "${this.#table}_notify" after insert or update or delete on ${t} for each row execute function ${fn('notify')}()`)
-      const { rows: removed } = await client.query<{ id: number }>(`select id from ${this.#removedTable} where id = any($1::int[])`, [seeds.map((seed) => seed.id)])
+      const { rows: removed } = seeds.length === 0
+        ? { rows: [] }
+        : await client.query<{ id: number }>(`select id from ${this.#removedTable} where id = any($1::int[])`, [seeds.map((seed) => seed.id)])
       const gone = new Set(removed.map((row) => row.id))
       for (const seed of seeds) {
         if (gone.has(seed.id)) continue
