@@ -188,3 +188,41 @@ t.test('with databaseStore() the schedules of all instances follow createInstanc
   t.same(await jobs.refresh(), { scheduled: 0, unscheduled: 0 }, 'nothing was left for an explicit refresh')
   t.same(warnings.filter((message) => message.includes('schedules')), [], 'no refresh failed')
 })
+
+t.test('a failed follow-up refresh is a process warning and the next change tries again; boss.stop() ends the following', async (t) => {
+  const followUrl = await createDatabase(t, 'jobs_follow_fail')
+  const live = await createTenancy({ instances: databaseStore({ seed: [{ name: 'a', id: 1 }] }), datasources: { default: followUrl } })
+  t.teardown(() => live.close())
+  const boss = new PgBoss({ connectionString: followUrl, supervise: false })
+  boss.on('error', () => {})
+  await boss.start()
+  t.teardown(() => boss.stop({ graceful: false }).catch(() => {}))
+  await boss.createQueue('tick')
+  const warnings: string[] = []
+  const onWarning = (warning: Error): void => { if (warning.message.includes('schedules')) warnings.push(warning.message) }
+  process.on('warning', onWarning)
+  t.teardown(() => { process.off('warning', onWarning) })
+  const jobs = live.jobs(boss)
+  await jobs.schedule('tick', '0 3 * * *', { kind: 'tick' }, { instances: 'all' })
+  const stored = async (): Promise<string[]> =>
+    (await query<{ key: string }>(followUrl, 'select key from pgboss.schedule where name = \'tick\' order by key')).map((row) => row.key)
+
+  // pg-boss's schedule table out of reach: the refresh after this change fails.
+  await query(followUrl, 'alter table pgboss.schedule rename to schedule_away')
+  const { instance: b } = await live.createInstance({ name: 'b' })
+  t.match(await eventually(() => warnings[0], 30_000), /The schedules of all instances could not follow a change of the instances: /, 'the failure is a process warning')
+  await query(followUrl, 'alter table pgboss.schedule_away rename to schedule')
+  t.same(await stored(), ['instance/1'], 'nothing was scheduled by the failed refresh')
+  const { instance: c } = await live.createInstance({ name: 'c' })
+  const all = ['instance/1', `instance/${b.id}`, `instance/${c.id}`].sort()
+  t.same(await eventually(async () => { const now = await stored(); return now.length === 3 ? now : undefined }, 30_000), all, 'the next change brings every entry in step, the missed one too')
+
+  await boss.stop({ graceful: false })
+  const created = new Promise<void>((resolve) => { live.on('instanceCreated', () => { resolve() }) })
+  const { instance: d } = await live.createInstance({ name: 'd' })
+  await created
+  // A refresh would start at once after the event; give a follower time to act before looking.
+  await sleep(500)
+  t.same(await stored(), all, `a stopped boss gets no entry for ${d.name}`)
+  t.equal(warnings.length, 1, 'and no refresh was tried on it')
+})
