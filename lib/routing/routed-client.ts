@@ -1,10 +1,10 @@
 import pg from 'pg'
 import type { PostgresCursor, PostgresPoolClient, PostgresQueryResult } from 'kysely'
 import type { TenancyContext } from '../context.js'
-import { DatasourceUnavailableError, MismatchError, SessionError, quote } from '../errors.js'
+import { DatasourceUnavailableError, MismatchError, SessionError, UnsupportedStatementError, quote } from '../errors.js'
 import type { Instance } from '../instances/instance.js'
 import type { Lease } from './pool-manager.js'
-import type { SessionState, SessionTarget } from './session-state.js'
+import { changesSession, type SessionState, type SessionTarget } from './session-state.js'
 
 function describe (instance: Instance | undefined): string {
   return instance === undefined ? 'the host context (no instance)' : `instance ${quote(instance.name)}`
@@ -49,9 +49,11 @@ export class RoutedClient implements PostgresPoolClient {
   #lease: Lease | undefined
   #owner: Instance | undefined
   #lost = false
+  readonly #transactionPooling: boolean
 
-  constructor (client: pg.PoolClient, session: SessionState, giveBack: (lease: Lease, reason: DiscardReason | undefined) => void, context: () => TenancyContext | undefined) {
+  constructor (client: pg.PoolClient, session: SessionState, giveBack: (lease: Lease, reason: DiscardReason | undefined) => void, context: () => TenancyContext | undefined, transactionPooling = false) {
     this.#client = client
+    this.#transactionPooling = transactionPooling
     this.session = session
     this.#giveBack = giveBack
     this.#context = context
@@ -100,10 +102,14 @@ export class RoutedClient implements PostgresPoolClient {
     if (typeof sqlOrCursor !== 'string') {
       if (mismatch) throw mismatch
       const text = (sqlOrCursor as { text?: unknown }).text
+      const refused = this.#refusal(typeof text === 'string' ? text : undefined)
+      if (refused) throw refused
       this.session.observe(typeof text === 'string' ? text : undefined)
       return this.#client.query(sqlOrCursor as unknown as pg.Submittable) as unknown as PostgresCursor<R>
     }
     if (mismatch) return Promise.reject(mismatch)
+    const refused = this.#refusal(sqlOrCursor)
+    if (refused) return Promise.reject(refused)
     this.session.observe(sqlOrCursor)
     return this.#run<R>(sqlOrCursor, parameters)
   }
@@ -142,6 +148,16 @@ export class RoutedClient implements PostgresPoolClient {
 
   #label (): string {
     return quote(this.#owner?.name ?? this.#lease?.datasource ?? 'default')
+  }
+
+  // Under transaction pooling, destroying this connection would not end the
+  // server session a session change lands in: PgBouncer hands that server
+  // connection to its next client as it stands. Such a statement is not sent.
+  #refusal (sql: string | undefined): Error | undefined {
+    if (!this.#transactionPooling || (sql !== undefined && !changesSession(sql))) return undefined
+    return new UnsupportedStatementError('This statement may change the session (a session SET or RESET, set_config(…, false), a temporary object, PREPARE, LISTEN, a session advisory lock, DO, CALL …), ' +
+      'and under PgBouncer\'s transaction pooling (pgbouncer: \'transaction\') the change would stay on a server connection that other clients use next, so it was not sent. ' +
+      'Inside a transaction use the forms that end with it: SET LOCAL, set_config(name, value, true), pg_advisory_xact_lock.')
   }
 
   #mismatch (): Error | undefined {

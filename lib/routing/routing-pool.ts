@@ -1,10 +1,11 @@
 import type pg from 'pg'
 import type { PostgresPool, PostgresPoolClient } from 'kysely'
 import { currentContext, type TenancyContext } from '../context.js'
-import { SessionError } from '../errors.js'
+import { SessionError, quote } from '../errors.js'
+import type { Instance } from '../instances/instance.js'
 import type { Lease, PoolManager } from './pool-manager.js'
 import { RoutedClient, type DiscardReason } from './routed-client.js'
-import { SessionState, sessionTarget, type SessionSettings } from './session-state.js'
+import { SessionState, sessionTarget, type SessionSettings, type SessionTarget } from './session-state.js'
 
 /** Options of {@link RoutingPool}. */
 export interface RoutingPoolOptions {
@@ -16,6 +17,16 @@ export interface RoutingPoolOptions {
    * Defaults to the innermost frame of any tenancy (`currentContext`).
    */
   context?: () => TenancyContext | undefined
+  /**
+   * The datasources are reached through PgBouncer's transaction pooling, where
+   * consecutive transactions of one connection may run on different server
+   * sessions: a checkout that needs session state (a schema, a role, settings)
+   * fails with `TENANCY_SESSION_FAILED` instead of running where that state may
+   * be missing, and a statement that may change the session is refused with
+   * `TENANCY_UNSUPPORTED_STATEMENT` before it is sent, since its change would
+   * stay on a server connection that other clients get next. Defaults to `false`.
+   */
+  transactionPooling?: boolean
 }
 
 /** Counters of a {@link RoutingPool}, since it was made. */
@@ -65,6 +76,7 @@ export class RoutingPool implements PostgresPool {
   readonly #pools: PoolManager
   readonly #settings: SessionSettings | undefined
   readonly #context: () => TenancyContext | undefined
+  readonly #transactionPooling: boolean
   readonly #routed = new WeakMap<pg.PoolClient, RoutedClient>()
   #checkouts = 0
   #sessionChanges = 0
@@ -78,6 +90,7 @@ export class RoutingPool implements PostgresPool {
     this.#pools = pools
     this.#settings = options.settings
     this.#context = options.context ?? currentContext
+    this.#transactionPooling = options.transactionPooling === true
     // Loading blocks the event loop for a moment: start it now, at start-up,
     // so the first checkout does not wait for it; a failure surfaces there.
     if (!SessionState.loaded) SessionState.load().catch(() => {})
@@ -95,11 +108,12 @@ export class RoutingPool implements PostgresPool {
     const context = this.#context()
     const instance = context?.instance
     const target = sessionTarget(context, this.#settings)
+    if (this.#transactionPooling) refuseSessionState(instance, target)
     const label = instance?.name ?? 'default'
     const lease = await this.#pools.acquireAsIs(instance?.datasource ?? 'default', label)
     let routed = this.#routed.get(lease.client)
     if (routed === undefined) {
-      routed = new RoutedClient(lease.client, this.#pools.sessionOf(lease.client), this.#giveBack, this.#context)
+      routed = new RoutedClient(lease.client, this.#pools.sessionOf(lease.client), this.#giveBack, this.#context, this.#transactionPooling)
       this.#routed.set(lease.client, routed)
     }
     routed.checkout(lease, instance)
@@ -120,6 +134,19 @@ export class RoutingPool implements PostgresPool {
   async end (): Promise<void> {
     await this.#pools.close()
   }
+}
+
+/** Under transaction pooling a checkout may need no session state: a later transaction of the connection may run in another server session without it. */
+function refuseSessionState (instance: Instance | undefined, target: SessionTarget): void {
+  const needs: string[] = []
+  if (target.schema !== null) needs.push(`search_path ${quote(target.schema)}`)
+  if (target.role !== null) needs.push(`role ${quote(target.role)}`)
+  const settings = Object.keys(target.settings)
+  if (settings.length > 0) needs.push(`the setting${settings.length > 1 ? 's' : ''} ${settings.map((name) => quote(name)).join(', ')}`)
+  if (needs.length === 0) return
+  const who = instance === undefined ? 'the host context' : `instance ${quote(instance.name)}`
+  throw new SessionError(`A connection for ${who} needs ${needs.join(' and ')} in its session, which PgBouncer's transaction pooling (pgbouncer: 'transaction') does not keep from one transaction to the next, so no connection is handed out. ` +
+    'Reach its datasource directly or through session pooling (pgbouncer: \'session\').')
 }
 
 async function loadParser (): Promise<void> {

@@ -1,0 +1,22 @@
+export interface PgBouncerLogin {
+  user: string
+  password: string
+}
+export interface PgBouncer {
+  port: number
+  poolMode: 'session' | 'transaction'
+  poolSize: number
+  dir: string
+  /** The last lines of PgBouncer's log. */
+  log (): Promise<string>
+  /** The server's connection string pointed at PgBouncer, with another database or login if given. */
+  url (database?: string, user?: PgBouncerLogin): string
+  stop (): Promise<void>
+}
+export function ensurePgBouncer (): Promise<string>
+export function startPgBouncer (options: {
+  databaseUrl: string
+  poolMode?: 'session' | 'transaction'
+  poolSize?: number
+  users?: PgBouncerLogin[]
+}): Promise<PgBouncer>

@@ -1,0 +1,165 @@
+// Every mode through a real PgBouncer, in session and in transaction pooling:
+// what each pooling mode allows works (rows, schema, role, setting and database
+// seen inside the statements), and what transaction pooling cannot keep is
+// refused at start-up, at checkout or before the statement is sent.
+import t from 'tap'
+import { sql, type Kysely } from 'kysely'
+import { createTenancy, databaseStore, type Instance, type InstanceStore } from '../lib/index.js'
+import { pgbouncerFixture, startBouncer } from './helpers/pgbouncer-fixture.js'
+import { query } from './helpers/database.js'
+import type { TenantDB } from './helpers/tenant-schema.js'
+
+const fixture = await pgbouncerFixture(t, 'pgbouncer_modes')
+const session = await startBouncer(t, 'session', 4, [fixture.app])
+const transaction = await startBouncer(t, 'transaction', 2, [fixture.app])
+const tables = { student: 'must', course: 'must', role: 'may', tag: 'must' } as const
+const [isoA, isoB] = fixture.isolated as [typeof fixture.isolated[0], typeof fixture.isolated[0]]
+const shared = [{ name: 'a', id: 1 }, { name: 'b', id: 2 }, { name: 'c', id: 3 }]
+const isolated = [{ name: 'isoA', id: 1000, isolate: true, isolateClient: 'isoA' }, { name: 'isoB', id: 1001, isolate: true, isolateClient: 'isoB' }]
+const schemas = [
+  { name: 'left', id: 11, schema: 'pgb_left' },
+  { name: 'right', id: 12, schema: 'pgb_right' },
+  { name: 'roled', id: 13, schema: 'pgb_roled', role: fixture.schemaRole },
+]
+
+interface Seen { name: string, iid: number, schema: string, setting: string | null, database: string, login: string }
+const seen = (db: Kysely<TenantDB>): Promise<Seen[]> => db.selectFrom('student').select(['name', 'iid',
+  sql<string>`current_schema()`.as('schema'), sql<string | null>`current_setting('tenancy.iid', true)`.as('setting'),
+  sql<string>`current_database()`.as('database'), sql<string>`current_user`.as('login')]).orderBy('id').execute()
+
+function datasources (bouncer: typeof session, user?: typeof fixture.app): Record<string, string> {
+  return { default: bouncer.url(fixture.database, user), isoA: bouncer.url(isoA.database, user), isoB: bouncer.url(isoB.database, user) }
+}
+
+t.test('session pooling: shared, schema (with and without a role) and isolated instances', async (t) => {
+  const tenancy = await createTenancy({ instances: [...shared, ...schemas, ...isolated], datasources: datasources(session), tables, pool: { max: 2 }, pgbouncer: 'session' })
+  t.teardown(() => tenancy.close())
+  const db = tenancy.kysely<TenantDB>()
+  const expected: Record<string, { schema: string, database: string, prefix: string, login: string }> = {
+    a: { schema: 'public', database: fixture.database, prefix: 'student', login: 'postgres' },
+    left: { schema: 'pgb_left', database: fixture.database, prefix: 'pgb_left', login: 'postgres' },
+    right: { schema: 'pgb_right', database: fixture.database, prefix: 'pgb_right', login: 'postgres' },
+    roled: { schema: 'pgb_roled', database: fixture.database, prefix: 'pgb_roled', login: fixture.schemaRole },
+    isoA: { schema: 'public', database: isoA.database, prefix: isoA.database, login: 'postgres' },
+    isoB: { schema: 'public', database: isoB.database, prefix: isoB.database, login: 'postgres' },
+  }
+  // Twice round, so that connections come back to instances after others used them.
+  for (const round of [1, 2]) {
+    for (const [name, want] of Object.entries(expected)) {
+      const id = tenancy.getInstance(name).id
+      const rows = await tenancy.runAsInstance(name, () => seen(db))
+      t.same(rows.map((row) => row.name), [1, 2, 3, 4].map((s) => `${want.prefix} ${s} of ${id}`), `round ${round}: ${name} reads its own rows`)
+      t.same([...new Set(rows.map((row) => `${row.schema} ${row.database} ${row.login}`))], [`${want.schema} ${want.database} ${want.login}`], `round ${round}: ${name} runs in its schema, database and role`)
+    }
+  }
+  await t.rejects(tenancy.runAsInstance('roled', () => sql`select * from pgb_left.student`.execute(db)), /permission denied/, 'the role keeps the schema instance out of other schemas')
+  const moved = await tenancy.runAsInstance('left', () => db.transaction().execute(async (trx) => {
+    await sql`set local search_path to pgb_right`.execute(trx)
+    return (await sql<{ schema: string }>`select current_schema() as schema`.execute(trx)).rows[0]!.schema
+  }))
+  t.equal(moved, 'pgb_right', 'SET LOCAL inside a transaction works')
+  t.same([...new Set((await tenancy.runAsInstance('left', () => seen(db))).map((row) => row.schema))], ['pgb_left'], 'and ends with it')
+})
+
+t.test('session pooling: row-level security as an ordinary login', async (t) => {
+  const tenancy = await createTenancy({ instances: shared, datasources: { default: session.url(fixture.database, fixture.app) }, tables, pool: { max: 2 }, rls: true, pgbouncer: 'session' })
+  t.teardown(() => tenancy.close())
+  const db = tenancy.kysely<TenantDB>()
+  for (const id of [1, 2, 3, 1]) {
+    const { rows } = await tenancy.runAsInstance(id, () => sql<{ iid: number, setting: string }>`select iid, current_setting('tenancy.iid', true) as setting from student`.execute(db))
+    t.same([...new Set(rows.map((row) => `${row.iid} ${row.setting}`))], [`${id} ${id}`], `raw SQL of instance ${id} sees its rows only, with its setting`)
+  }
+  t.same((await sql`select * from student`.execute(db)).rows, [], 'no context: nothing')
+  t.equal((await tenancy.unscoped(() => sql`select * from student`.execute(db))).rows.length, 12, 'unscoped: everything')
+})
+
+t.test('transaction pooling: shared and isolated instances', async (t) => {
+  const tenancy = await createTenancy({ instances: [...shared, ...isolated], datasources: datasources(transaction), tables, pool: { max: 4 }, pgbouncer: 'transaction' })
+  t.teardown(() => tenancy.close())
+  const db = tenancy.kysely<TenantDB>()
+  const expected: Record<string, { database: string, prefix: string }> = {
+    a: { database: fixture.database, prefix: 'student' },
+    b: { database: fixture.database, prefix: 'student' },
+    isoA: { database: isoA.database, prefix: isoA.database },
+    isoB: { database: isoB.database, prefix: isoB.database },
+  }
+  for (const [name, want] of Object.entries(expected)) {
+    const id = tenancy.getInstance(name).id
+    const rows = await tenancy.runAsInstance(name, () => seen(db))
+    t.same(rows.map((row) => row.name), [1, 2, 3, 4].map((s) => `${want.prefix} ${s} of ${id}`), `${name} reads its own rows`)
+    t.same([...new Set(rows.map((row) => `${row.schema} ${row.database} ${row.setting ?? ''}`))], [`public ${want.database} `], `${name}: its database, the default schema, no setting`)
+  }
+  // A transaction keeps one server connection from BEGIN to COMMIT, and its local settings end with it.
+  const inside = await tenancy.runAsInstance('a', () => db.transaction().execute(async (trx) => {
+    await trx.insertInto('student').values({ id: 90, name: 'new of 1' }).execute()
+    const { rows } = await sql<{ n: number }>`select count(*)::int as n from student where iid = 1`.execute(trx)
+    await trx.deleteFrom('student').where('id', '=', 90).execute()
+    await sql`set local search_path to pgb_right`.execute(trx)
+    return { ...rows[0], schema: (await sql<{ schema: string }>`select current_schema() as schema`.execute(trx)).rows[0]!.schema }
+  }))
+  t.same(inside, { n: 5, schema: 'pgb_right' }, 'a transaction sees its own insert and its SET LOCAL')
+  t.same([...new Set((await tenancy.runAsInstance('a', () => seen(db))).map((row) => row.schema))], ['public'], 'the SET LOCAL ended with the transaction')
+  t.same(await query(fixture.url, 'select count(*)::int as n from student where id = 90'), [{ n: 0 }], 'and its rows were deleted in it')
+})
+
+t.test('transaction pooling: statements that would change the session are not sent', async (t) => {
+  const tenancy = await createTenancy({ instances: shared, datasources: { default: transaction.url(fixture.database) }, tables, pool: { max: 1 }, pgbouncer: 'transaction' })
+  t.teardown(() => tenancy.close())
+  const db = tenancy.kysely<TenantDB>()
+  const statements = [
+    sql`set search_path to pgb_left`,
+    sql`select set_config('tenancy.iid', '2', false)`,
+    sql`select pg_advisory_lock(42)`,
+    sql`create temp table leak (x int)`,
+    sql`prepare leak as select 1`,
+    sql`listen leak`,
+    sql`select 1; reset role`,
+  ]
+  for (const statement of statements) {
+    await t.rejects(tenancy.runAsInstance('a', () => statement.execute(db)), { code: 'TENANCY_UNSUPPORTED_STATEMENT', message: /transaction pooling/ }, statement.compile(db).sql)
+  }
+  const after = await query<{ n: number }>(fixture.url, `select count(*)::int as n from pg_stat_activity where datname = $1 and pid <> pg_backend_pid() and (query ilike '%leak%' or query ilike 'set search_path%' or query ilike '%advisory_lock(42)%')`, [fixture.database])
+  t.same(after, [{ n: 0 }], 'none of them reached the server')
+  t.same([...new Set((await tenancy.runAsInstance('a', () => seen(db))).map((row) => `${row.schema} ${row.setting ?? ''}`))], ['public '], 'the sessions behind PgBouncer are untouched')
+  t.same((await tenancy.runAsInstance('a', () => db.transaction().execute(async (trx) => await sql<{ v: string }>`select set_config('tenancy.iid', '7', true) as v, pg_advisory_xact_lock(42)::text`.execute(trx)))).rows[0]?.v, '7', 'transaction-scoped forms are sent')
+})
+
+t.test('transaction pooling: what needs session state is refused at start-up', async (t) => {
+  const datasources = { default: transaction.url(fixture.database) }
+  const refused: Array<[string, Parameters<typeof createTenancy>[0], RegExp]> = [
+    ['rls', { instances: shared, datasources, tables, rls: true }, /rls needs the session setting tenancy\.iid.*transaction pooling/],
+    ['settings', { instances: shared, datasources, tables, settings: () => ({ 'app.x': '1' }) }, /settings are session settings/],
+    ['a schema instance', { instances: [...shared, schemas[0]!], datasources, tables }, /the instance "left" needs a schema \("pgb_left"\) on search_path/],
+    ['a role', { instances: [{ name: 'r', id: 5, role: fixture.schemaRole }], datasources, tables }, /needs a role/],
+    ['watchTables', { instances: shared, datasources, watchTables: true }, /watchTables listens for catalog changes/],
+    ['a databaseStore', { instances: databaseStore(), datasources, tables }, /a databaseStore listens for changes/],
+  ]
+  for (const [label, options, message] of refused) {
+    await t.rejects(createTenancy({ ...options, pgbouncer: 'transaction' }), { code: 'TENANCY_INVALID_OPTIONS', message }, label)
+  }
+  await t.rejects(createTenancy({ instances: shared, datasources, tables, pgbouncer: 'statement' as any }), { code: 'TENANCY_INVALID_OPTIONS', message: /pgbouncer must be "session", "transaction" or false, not "statement"/ })
+  const withSchema = await createTenancy({ instances: [...shared, schemas[0]!], datasources, tables, pgbouncer: 'session' })
+  t.ok(withSchema, 'the same schema instance is fine with session pooling')
+  await withSchema.close()
+
+  // Discovery still works, without the watcher; migrations are refused when they would run.
+  const tenancy = await createTenancy({ instances: shared, datasources, pgbouncer: 'transaction' })
+  t.teardown(() => tenancy.close())
+  t.equal(tenancy.tenantTables?.kind('student'), 'must', 'the tenant tables are discovered through PgBouncer')
+  await t.rejects(tenancy.migrate(), { code: 'TENANCY_INVALID_OPTIONS', message: /migrate\(\) takes a session advisory lock/ })
+})
+
+t.test('transaction pooling: a schema instance a store adds later fails at checkout, sending nothing', async (t) => {
+  const list: Instance[] = []
+  const store: InstanceStore = {
+    byName: (name) => list.find((instance) => instance.name === name),
+    byId: (id) => list.find((instance) => instance.id === id),
+    list: () => list,
+  }
+  const tenancy = await createTenancy({ instances: store, datasources: { default: transaction.url(fixture.database) }, tables, pgbouncer: 'transaction' })
+  t.teardown(() => tenancy.close())
+  list.push({ name: 'late', id: 11, title: 'late', config: {}, mode: 'schema', datasource: 'default', schema: 'pgb_left', role: null, disabled: false })
+  const db = tenancy.kysely<TenantDB>()
+  await t.rejects(tenancy.runAsInstance('late', () => seen(db)), { code: 'TENANCY_SESSION_FAILED', message: /instance "late" needs search_path "pgb_left" in its session, which PgBouncer's transaction pooling/ })
+  t.same(tenancy.pools.counts().leased, 0, 'no connection is left checked out')
+})
