@@ -7,16 +7,20 @@ import {
 } from '../errors.js'
 import { SAFE_IDENTIFIER, instanceIdentifier, isValidInstanceName, type Instance, type InstanceMode } from '../instances/instance.js'
 import type { InstanceStore } from '../instances/instance-registry.js'
-import { DatabaseStore, asLogin, serverDatasource, type NewStoredInstance, type StoreChange, type StoredInstance } from '../instances/database-store.js'
+import { DatabaseStore, asLogin, isConnectionLoss, serverDatasource, type NewStoredInstance, type StoreChange, type StoredInstance } from '../instances/database-store.js'
 import type { TenantTables } from '../filter/tenant-tables.js'
 import { DEFAULT_POOL_SETTINGS, type DatasourceConfig, type PoolManager, type PoolSettings } from '../routing/pool-manager.js'
 import { dropDatabase, dropRole, dropSchema, ensureDatabase, ensureRole, ensureSchema, generatePassword, grantSchema, markerOf } from './provision.js'
+import { copySchema, rewriteInstanceId } from './template-clone.js'
+import type { MigrationsOption } from './fleet-migrator.js'
+import { tenantColumn } from '../filter/tenant-column.js'
+import { RLS_SETTING } from '../filter/row-level-security.js'
 
 /** What `tenancy.createInstance()` takes. */
 export interface CreateInstanceInput {
   /** At most 63 of `[A-Za-z0-9._-]`, not starting with a dot, unique without regard to case. */
   name: string
-  /** Where its rows live. Defaults to `'shared'`. */
+  /** Where its rows live. Defaults to `'shared'`, or with `from` the template's mode. */
   mode?: InstanceMode
   /** Display title. Defaults to the name. */
   title?: string
@@ -42,6 +46,15 @@ export interface CreateInstanceInput {
   server?: string
   /** Isolated mode: the database's name. Defaults to the store's prefix + the name mapped to an identifier. */
   database?: string
+  /**
+   * The name of a ready schema or isolated instance to copy: its tables,
+   * rows and sequences (schema), or its whole database (isolated, on the
+   * template's server), with the template's id in the tenant column rewritten
+   * to the new instance's. The new instance has the template's mode and
+   * datasource or server. A retry of a failed clone gives `from` again.
+   * Defaults to none: a new instance starts empty.
+   */
+  from?: string
 }
 
 /** What `tenancy.createInstance()` returns. */
@@ -107,6 +120,10 @@ export interface LifecycleOptions {
   servers?: Record<string, DatasourceConfig>
   /** Called for each new instance after its migrations, in its context. Defaults to none. */
   onProvision?: (context: ProvisionContext) => unknown
+  /** The tenant column, which a clone rewrites. Defaults to `'iid'`. */
+  tenantColumn?: string
+  /** The migrations: a schema clone is built by the `instance` set, and skips its migration tables. Defaults to none. */
+  migrations?: MigrationsOption
 }
 
 /** What the lifecycle needs of its tenancy. */
@@ -117,14 +134,16 @@ export interface LifecycleHost {
   kysely (): Kysely<any>
   /** Runs `fn` as `instance` past the gate: provisioning and removal act on instances that are not ready, or disabled. */
   runAs<R> (instance: Instance, fn: () => R): R
-  /** Runs the instance migrations on the target of `instance`; throws what stopped them. */
-  migrate (instance: Instance): Promise<void>
+  /** Runs the instance migrations on the target of `instance`, up to `to` (a migration's name) or the latest; throws what stopped them. */
+  migrate (instance: Instance, to?: string): Promise<void>
+  /** The migrations applied on the target of `instance`, or `undefined` without instance migrations; throws what stopped the reading. */
+  appliedMigrations (instance: Instance): Promise<readonly string[] | undefined>
   /** Another process made an instance ready: tables it brought may need discovering. */
   instanceReady (): void
 }
 
 const SERVER_NAME = /^[A-Za-z0-9_-]{1,63}$/
-const INPUT_KEYS = new Set(['name', 'mode', 'title', 'config', 'password', 'role', 'schema', 'datasource', 'server', 'database'])
+const INPUT_KEYS = new Set(['name', 'mode', 'title', 'config', 'password', 'role', 'schema', 'datasource', 'server', 'database', 'from'])
 const PATCH_KEYS = new Set(['title', 'config', 'disabled'])
 
 /** A connection string or `PoolConfig` with its database replaced. */
@@ -165,6 +184,9 @@ function placeOfRecord (record: StoredInstance): string | undefined {
   return placeOf({ mode: instance.mode, datasource: record.server !== null ? null : instance.datasource, schema: instance.schema, server: record.server, database: record.database })
 }
 
+/** What `createInstance` will do: the new row, whether it gets a role, and the template it copies. */
+type Plan = NewStoredInstance & { wantsRole: boolean, template: StoredInstance | undefined }
+
 function messageOf (err: unknown): string {
   const text = err instanceof Error ? err.message : String(err)
   return text.length > 1000 ? text.slice(0, 1000) + '…' : text
@@ -185,6 +207,8 @@ export class InstanceLifecycle {
   readonly #client: pg.ClientConfig
   readonly #pool: PoolSettings | undefined
   readonly #datasources: ReadonlySet<string>
+  readonly #tenantColumn: string
+  readonly #migrations: MigrationsOption | undefined
   // Datasources this lifecycle added to the pools, by instance id.
   readonly #added = new Map<number, string>()
   #unsubscribe: (() => void) | undefined
@@ -209,6 +233,8 @@ export class InstanceLifecycle {
     // Its own application name, so an operator can tell the store's connections in pg_stat_activity.
     this.#client = { application_name: 'fastify-tenancy instance store', ...clientConfig(options.datasources.default!, options.pool) }
     this.#datasources = new Set(Object.keys(options.datasources))
+    this.#tenantColumn = tenantColumn(options.tenantColumn)
+    this.#migrations = options.migrations
   }
 
   /** Opens the store: its rows are in memory, its isolated databases are datasources, and changes become events. */
@@ -286,11 +312,13 @@ export class InstanceLifecycle {
   }
 
   /** What `input` asks for, checked, with its derived names. */
-  #plan (store: DatabaseStore, input: CreateInstanceInput): NewStoredInstance & { wantsRole: boolean } {
+  #plan (store: DatabaseStore, input: CreateInstanceInput): Plan {
     if (input === null || typeof input !== 'object') throw new InvalidOptionsError('createInstance takes an object: { name, mode, … }')
     for (const key of Object.keys(input)) if (!INPUT_KEYS.has(key)) throw new InvalidOptionsError(`createInstance: ${quote(key)} is not an option (${[...INPUT_KEYS].join(', ')})`)
-    const { name, mode = 'shared' } = input
+    const { name } = input
     if (!isValidInstanceName(name)) throw new InvalidInstanceNameError(quote(name))
+    const template = input.from === undefined ? undefined : this.#template(store, input)
+    const mode = input.mode ?? template?.instance.mode ?? 'shared'
     if (mode !== 'shared' && mode !== 'schema' && mode !== 'isolated') throw new InvalidOptionsError(`mode must be "shared", "schema" or "isolated", not ${quote(mode)}`)
     const title = input.title ?? name
     if (typeof title !== 'string') throw new InvalidOptionsError('title must be a string')
@@ -317,19 +345,41 @@ export class InstanceLifecycle {
     let database: string | null = null
     if (mode === 'schema') {
       schema = derived('schema', input.schema)
-      datasource = input.datasource ?? 'default'
+      datasource = input.datasource ?? template?.instance.datasource ?? 'default'
       if (typeof datasource !== 'string' || !this.#datasources.has(datasource)) throw new InvalidOptionsError(`datasource ${quote(datasource)} is not configured`)
       if (input.role === true) role = schema
       else if (typeof input.role === 'string') role = derived('role', input.role)
       else if (input.role !== undefined && input.role !== false) throw new InvalidOptionsError('role must be true, false or a role name')
     } else if (mode === 'isolated') {
       if (this.#servers.size === 0) throw new InvalidOptionsError('isolated instances are created on one of the servers: give createTenancy a servers option')
-      server = input.server ?? this.#servers.keys().next().value!
+      server = input.server ?? template?.server ?? this.#servers.keys().next().value!
       if (!this.#servers.has(server)) throw new InvalidOptionsError(`server ${quote(server)} is not one of the servers (${[...this.#servers.keys()].join(', ')})`)
       database = derived('database', input.database)
       datasource = serverDatasource(server, database)
     }
-    return { name, title, config, mode, datasource: mode === 'isolated' ? null : datasource, schema, role, server, database, wantsRole: role !== null }
+    return { name, title, config, mode, datasource: mode === 'isolated' ? null : datasource, schema, role, server, database, wantsRole: role !== null, template }
+  }
+
+  /** The template `input.from` names, refused unless a clone can be made of it as `input` asks. */
+  #template (store: DatabaseStore, input: CreateInstanceInput): StoredInstance {
+    const from: unknown = input.from
+    if (typeof from !== 'string') throw new InvalidOptionsError(`from must be the name of the template instance, not ${quote(from)}`)
+    const record = store.recordByName(from)
+    if (record === undefined || record.instance.name !== from || record.state === 'removed') throw new UnknownInstanceError(quote(from))
+    const { instance } = record
+    const cannot = (why: string): Error => new InvalidOptionsError(`createInstance cannot clone the template ${quote(from)}: ${why}`)
+    if (instance.mode === 'shared') throw cannot('it is a shared instance, whose rows live among other instances\' rows; only a schema or an isolated instance has a schema or database to copy')
+    if (record.state !== 'ready') throw new InstanceNotReadyError(quote(from), record.state === 'failed' ? 'a creation that failed, so it cannot be a template' : 'being provisioned, so it cannot be a template yet')
+    if (input.mode !== undefined && input.mode !== instance.mode) throw cannot(`it is ${instance.mode === 'isolated' ? 'an' : 'a'} ${instance.mode} instance and a clone has its template's mode, not ${quote(input.mode)}`)
+    if (instance.mode === 'schema') {
+      if (this.#migrations?.instance === undefined) throw cannot('a schema clone\'s tables are made by the instance migrations, and createTenancy has no migrations.instance')
+      if (input.datasource !== undefined && input.datasource !== instance.datasource) throw cannot(`a schema is copied within its datasource ${quote(instance.datasource)}, not into ${quote(input.datasource)}`)
+    } else {
+      if (record.server === null || record.database === null) throw cannot('its database is a configured datasource, not one created on one of the servers, so there is no server to copy it on')
+      if (!this.#servers.has(record.server)) throw cannot(`its database is on the server ${quote(record.server)}, which this process's servers option does not name`)
+      if (input.server !== undefined && input.server !== record.server) throw cannot(`a database is copied on its own server ${quote(record.server)}, not onto ${quote(input.server)}`)
+    }
+    return record
   }
 
   /** Refuses, from what this process holds, a name taken without regard to case or a schema or database another instance has. */
@@ -373,13 +423,13 @@ export class InstanceLifecycle {
       } else {
         record = await store.insert(plan)
       }
-      return await this.#provision(store, record, plan.wantsRole, input.password)
+      return await this.#provision(store, record, plan.wantsRole, input.password, plan.template)
     } finally {
       await lock.release()
     }
   }
 
-  async #provision (store: DatabaseStore, record: StoredInstance, wantsRole: boolean, given: string | undefined): Promise<CreatedInstance> {
+  async #provision (store: DatabaseStore, record: StoredInstance, wantsRole: boolean, given: string | undefined, template: StoredInstance | undefined): Promise<CreatedInstance> {
     const { instance } = record
     const marker = markerOf(store.database, store.tableName, instance.id)
     const password = given ?? generatePassword()
@@ -392,8 +442,14 @@ export class InstanceLifecycle {
           await ensureSchema(client, schema, marker, instance.name)
           if (rolePassword !== undefined) await ensureRole(client, instance.role!, schema, marker, rolePassword, instance.name)
         })
+        if (template !== undefined) await this.#copySchema(instance, template.instance)
       } else if (instance.mode === 'isolated' && record.server !== null) {
-        await this.#onServer(record.server, instance.name, async (admin) => { await ensureDatabase(admin, record.database!, marker, instance.name) })
+        if (template !== undefined) this.#closePool(template)
+        await this.#onServer(record.server, instance.name, async (admin) => { await ensureDatabase(admin, record.database!, marker, instance.name, template?.database ?? undefined) })
+        if (template !== undefined) {
+          const copy = { templateId: template.instance.id, id: instance.id, tenantColumn: this.#tenantColumn }
+          await this.#onServer(record.server, instance.name, async (client) => { await rewriteInstanceId(client, copy) }, record.database!)
+        }
       }
       await this.#host.migrate(instance)
       if (rolePassword !== undefined) {
@@ -414,8 +470,64 @@ export class InstanceLifecycle {
     }
   }
 
-  async #onServer<T> (server: string, label: string, work: (admin: pg.Client) => Promise<T>): Promise<T> {
-    const admin = new pg.Client(clientConfig(this.#servers.get(server)!, this.#pool))
+  /**
+   * Builds a schema clone: the instance migrations up to the template's last
+   * one, so that both have the same tables, then the template's rows and
+   * sequences in one repeatable-read transaction; the caller then runs the
+   * migrations the template has not had yet.
+   */
+  async #copySchema (instance: Instance, template: Instance): Promise<void> {
+    const wanted = await this.#host.appliedMigrations(template) ?? []
+    const done = await this.#host.appliedMigrations(instance) ?? []
+    const extra = done.filter((name) => !wanted.includes(name))
+    if (extra.length > 0) throw new InvalidOptionsError(`the clone cannot be made: its schema ${quote(instance.schema)} has migrations the template ${quote(template.name)} has not (${extra.join(', ')}): migrate the template, or remove the instance and clone again`)
+    if (done.length < wanted.length) await this.#host.migrate(instance, wanted.at(-1))
+    const now = await this.#host.appliedMigrations(instance) ?? []
+    if (now.length !== wanted.length || now.some((name) => !wanted.includes(name))) {
+      throw new InvalidOptionsError(`the clone cannot be made: the template ${quote(template.name)}'s migrations (${wanted.join(', ')}) are not the first ones of the instance migrations: migrate the template first`)
+    }
+    const table = this.#migrations?.tableName ?? 'kysely_migration'
+    const copy = { from: template.schema!, to: instance.schema!, templateId: template.id, id: instance.id, tenantColumn: this.#tenantColumn, skip: new Set([table, `${table}_lock`]) }
+    await this.#inSnapshot(instance.datasource, instance.name, async (client) => { await copySchema(client, copy) })
+  }
+
+  /**
+   * Runs `work` in a repeatable-read transaction as the connection's login,
+   * where this library's row-level security policies let every row through.
+   */
+  async #inSnapshot (datasource: string, label: string, work: (client: pg.PoolClient) => Promise<void>): Promise<void> {
+    const pools = this.#host.pools
+    const lease = await pools.acquire(datasource, label)
+    let broken = false
+    try {
+      await lease.client.query('begin isolation level repeatable read; set local role none')
+      await lease.client.query('select set_config($1, \'*\', true)', [RLS_SETTING])
+      await work(lease.client)
+      await lease.client.query('commit')
+    } catch (err) {
+      if (isConnectionLoss(err)) {
+        broken = true
+        throw Object.assign(new DatasourceUnavailableError(quote(label)), { cause: err })
+      }
+      await lease.client.query('rollback').catch(() => { broken = true })
+      throw err
+    } finally {
+      pools.release(lease, broken)
+    }
+  }
+
+  /** Closes this process's pool of an isolated template, which stays a datasource: its next query opens a new one. */
+  #closePool (template: StoredInstance): void {
+    const name = this.#added.get(template.instance.id)
+    const server = template.server === null ? undefined : this.#servers.get(template.server)
+    if (name === undefined || server === undefined) return
+    this.#host.pools.removeDatasource(name)
+    this.#host.pools.addDatasource(name, withDatabase(server, template.database!))
+  }
+
+  async #onServer<T> (server: string, label: string, work: (admin: pg.Client) => Promise<T>, database?: string): Promise<T> {
+    const settings = this.#servers.get(server)!
+    const admin = new pg.Client(clientConfig(database === undefined ? settings : withDatabase(settings, database), this.#pool))
     admin.on('error', () => {})
     try {
       await admin.connect()

@@ -122,8 +122,8 @@ export async function grantSchema (client: pg.ClientBase, role: string, schema: 
 }
 
 /**
- * Creates `database` on the server of `admin` and marks it, or accepts it
- * when it carries the mark. `CREATE DATABASE` cannot run in a transaction:
+ * Creates `database` on the server of `admin` (a copy of `template` when
+ * given) and marks it, or accepts it when it carries the mark. `CREATE DATABASE` cannot run in a transaction:
  * a process that dies between the two statements leaves an unmarked
  * database, which a retry refuses rather than take someone else's.
  *
@@ -132,11 +132,12 @@ export async function grantSchema (client: pg.ClientBase, role: string, schema: 
  * comment on database "tenant_acme" is 'fastify-tenancy: instance 7 of …'
  * ```
  */
-export async function ensureDatabase (admin: pg.ClientBase, database: string, marker: string, instance: string): Promise<void> {
+export async function ensureDatabase (admin: pg.ClientBase, database: string, marker: string, instance: string, template?: string): Promise<void> {
   let found = await markOf(admin, DATABASE_MARK, database)
   if (found === undefined) {
     try {
-      await admin.query(`create database ${ident(database)}`)
+      if (template === undefined) await admin.query(`create database ${ident(database)}`)
+      else await createFromTemplate(admin, database, template)
       await admin.query(`comment on database ${ident(database)} is ${admin.escapeLiteral(marker)}`)
       return
     } catch (err) {
@@ -146,6 +147,32 @@ export async function ensureDatabase (admin: pg.ClientBase, database: string, ma
     }
   }
   if (found?.marker !== marker) foreign('database', database, instance)
+}
+
+/**
+ * `CREATE DATABASE … TEMPLATE` copies a database only while no other session
+ * is connected to it: its sessions are ended first, and a session that
+ * connects again before the copy starts (a pool of another process) is ended
+ * on the next of a few attempts. Once the copy has started, new connections
+ * to the template wait until it ends.
+ *
+ * ```sql
+ * select pg_terminate_backend(pid) from pg_stat_activity where datname = 'tenant_template' and pid <> pg_backend_pid();
+ * create database "tenant_copy" template "tenant_template"
+ * ```
+ */
+async function createFromTemplate (admin: pg.ClientBase, database: string, template: string, attempts = 5): Promise<void> {
+  for (let attempt = 1; ; attempt++) {
+    await admin.query('select pg_terminate_backend(pid) from pg_catalog.pg_stat_activity where datname = $1 and pid <> pg_backend_pid()', [template])
+    try {
+      await admin.query(`create database ${ident(database)} template ${ident(template)}`)
+      return
+    } catch (err) {
+      // 55006: a session connected to the template meanwhile.
+      if (!(err instanceof pg.DatabaseError && err.code === '55006') || attempt >= attempts) throw err
+      await new Promise((resolve) => setTimeout(resolve, 50 * attempt))
+    }
+  }
 }
 
 /** Drops `schema` with everything in it when it carries the mark; says whether it did. */
