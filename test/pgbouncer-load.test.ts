@@ -3,11 +3,12 @@
 // every statement reports the rows, schema, role, setting and database it ran
 // with, and none may be another instance's. Keys and row names overlap across
 // schemas, databases and instances on purpose.
-import t from 'tap'
+import t, { type Test as Tap } from 'tap'
 import { sql, type Kysely } from 'kysely'
 import { createTenancy, type Tenancy } from '../lib/index.js'
 import { pgbouncerFixture, startBouncer } from './helpers/pgbouncer-fixture.js'
 import type { TenantDB } from './helpers/tenant-schema.js'
+import type { PgBouncer } from '../scripts/pgbouncer.js'
 
 const fixture = await pgbouncerFixture(t, 'pgbouncer_load')
 const tables = { student: 'must', course: 'must', role: 'may', tag: 'must' } as const
@@ -109,49 +110,7 @@ async function load (players: Player[], poolMode: 'session' | 'transaction'): Pr
   return { problems, statements, refused, pids }
 }
 
-t.test('transaction pooling: shared and isolated instances over a pool of 3 server connections per database', async (t) => {
-  const poolSize = 3
-  const bouncer = await startBouncer(t, 'transaction', poolSize)
-  // Client pools larger than PgBouncer's: server connections are multiplexed between client connections.
-  const tenancy = await createTenancy({
-    instances: [...shared, ...isolated],
-    datasources: { default: bouncer.url(fixture.database), isoA: bouncer.url(isoA.database), isoB: bouncer.url(isoB.database) },
-    tables,
-    pool: { max: 8 },
-    pgbouncer: 'transaction',
-  })
-  t.teardown(() => tenancy.close())
-  const db = tenancy.kysely<TenantDB>()
-  const prefixes: Record<string, [string, string]> = { a: ['student', fixture.database], b: ['student', fixture.database], c: ['student', fixture.database], isoA: [isoA.database, isoA.database], isoB: [isoB.database, isoB.database] }
-  const players: Player[] = Object.entries(prefixes).map(([instance, [prefix, database]]) => ({
-    label: instance, tenancy, db, instance, id: tenancy.getInstance(instance).id, raw: false,
-    want: { prefix, schema: 'public', database, login: 'postgres', setting: null },
-  }))
-  const { problems, statements, refused, pids } = await load(players, 'transaction')
-  t.same(problems, [], 'every statement ran with its own instance\'s rows, database and defaults')
-  t.ok(statements >= WORKERS * ROUNDS, `${statements} statements checked`)
-  t.ok(refused > 0, `${refused} session changes refused before they were sent`)
-  const sharedPids = pids.get(`${fixture.database} postgres`)!
-  t.ok(sharedPids.size <= poolSize, `the shared database's statements ran on ${sharedPids.size} server sessions (at most ${poolSize})`)
-  const clients = tenancy.pools.status().find((pool) => pool.datasource === 'default')!.open
-  t.ok(clients > poolSize, `over ${clients} client connections: PgBouncer multiplexed them`)
-})
-
-t.test('session pooling: shared, schema, role, isolated and row-level security instances of two tenancies', async (t) => {
-  const poolSize = 5
-  const bouncer = await startBouncer(t, 'session', poolSize, [fixture.app])
-  // Short idle times close client connections often, so PgBouncer resets and reassigns server connections.
-  const pool = { max: 2, idleTimeoutMillis: 20 }
-  const mixed = await createTenancy({
-    instances: [...shared, ...schemas, ...isolated],
-    datasources: { default: bouncer.url(fixture.database), isoA: bouncer.url(isoA.database), isoB: bouncer.url(isoB.database) },
-    tables,
-    pool,
-    pgbouncer: 'session',
-  })
-  t.teardown(() => mixed.close())
-  const rls = await createTenancy({ instances: shared, datasources: { default: bouncer.url(fixture.database, fixture.app) }, tables, pool, rls: true, pgbouncer: 'session' })
-  t.teardown(() => rls.close())
+function playersOf (mixed: Tenancy, rls: Tenancy): Player[] {
   const mixedDb = mixed.kysely<TenantDB>()
   const rlsDb = rls.kysely<TenantDB>()
   const players: Player[] = []
@@ -167,7 +126,43 @@ t.test('session pooling: shared, schema, role, isolated and row-level security i
     const id = rls.getInstance(instance).id
     players.push({ label: `rls ${instance}`, tenancy: rls, db: rlsDb, instance, id, raw: true, want: { prefix: 'student', schema: 'public', database: fixture.database, login: fixture.app.user, setting: String(id) } })
   }
-  const { problems, statements, pids } = await load(players, 'session')
+  return players
+}
+
+async function tenancies (t: Tap, bouncer: PgBouncer, pgbouncer: 'session' | 'transaction', pool: { max: number, idleTimeoutMillis?: number }): Promise<[Tenancy, Tenancy]> {
+  const mixed = await createTenancy({
+    instances: [...shared, ...schemas, ...isolated],
+    datasources: { default: bouncer.url(fixture.database), isoA: bouncer.url(isoA.database), isoB: bouncer.url(isoB.database) },
+    tables,
+    pool,
+    pgbouncer,
+  })
+  t.teardown(() => mixed.close())
+  const rls = await createTenancy({ instances: shared, datasources: { default: bouncer.url(fixture.database, fixture.app) }, tables, pool, rls: true, pgbouncer })
+  t.teardown(() => rls.close())
+  return [mixed, rls]
+}
+
+t.test('transaction pooling: every mode over 3 server connections per database and login', async (t) => {
+  const poolSize = 3
+  const bouncer = await startBouncer(t, 'transaction', poolSize, [fixture.app])
+  // Client pools larger than PgBouncer's: server connections are multiplexed between client connections.
+  const [mixed, rls] = await tenancies(t, bouncer, 'transaction', { max: 8 })
+  const { problems, statements, refused, pids } = await load(playersOf(mixed, rls), 'transaction')
+  t.same(problems, [], 'every statement ran with its own instance\'s rows, schema, role, setting and database')
+  t.ok(statements >= WORKERS * ROUNDS, `${statements} statements checked`)
+  t.ok(refused > 0, `${refused} session changes refused before they were sent`)
+  for (const [key, set] of pids) t.ok(set.size <= poolSize, `${key}: ${set.size} server sessions (at most ${poolSize})`)
+  const clients = mixed.pools.status().find((pool) => pool.datasource === 'default')!.open
+  t.ok(clients > poolSize, `over ${clients} client connections of one pool: PgBouncer multiplexed them`)
+})
+
+t.test('session pooling: every mode, client connections closed and opened all the time', async (t) => {
+  const poolSize = 5
+  const bouncer = await startBouncer(t, 'session', poolSize, [fixture.app])
+  // Short idle times close client connections often, so PgBouncer resets and reassigns server connections.
+  const [mixed, rls] = await tenancies(t, bouncer, 'session', { max: 2, idleTimeoutMillis: 20 })
+  const { problems, statements, pids } = await load(playersOf(mixed, rls), 'session')
   t.same(problems, [], 'every statement ran with its own instance\'s rows, schema, role, setting and database')
   t.ok(statements >= WORKERS * ROUNDS, `${statements} statements checked`)
   for (const [key, set] of pids) t.ok(set.size <= poolSize, `${key}: ${set.size} server sessions (at most ${poolSize})`)

@@ -4,7 +4,7 @@ import type { TenancyContext } from '../context.js'
 import { DatasourceUnavailableError, MismatchError, SessionError, UnsupportedStatementError, quote } from '../errors.js'
 import type { Instance } from '../instances/instance.js'
 import type { Lease } from './pool-manager.js'
-import { changesSession, type SessionState, type SessionTarget } from './session-state.js'
+import { changesSession, transactionControl, type SessionState, type SessionTarget } from './session-state.js'
 
 function describe (instance: Instance | undefined): string {
   return instance === undefined ? 'the host context (no instance)' : `instance ${quote(instance.name)}`
@@ -50,6 +50,11 @@ export class RoutedClient implements PostgresPoolClient {
   #owner: Instance | undefined
   #lost = false
   readonly #transactionPooling: boolean
+  // Under transaction pooling: the statement that sets this checkout's schema,
+  // role and settings for one transaction ('' when it needs none), and whether
+  // the transaction open now has had it.
+  #local = ''
+  #localReady = false
 
   constructor (client: pg.PoolClient, session: SessionState, giveBack: (lease: Lease, reason: DiscardReason | undefined) => void, context: () => TenancyContext | undefined, transactionPooling = false) {
     this.#client = client
@@ -69,10 +74,16 @@ export class RoutedClient implements PostgresPoolClient {
     return (this.#client as pg.PoolClient & { processID?: number }).processID
   }
 
-  /** @internal Binds the client to the lease and instance of this checkout. */
-  checkout (lease: Lease, owner: Instance | undefined): void {
+  /**
+   * @internal Binds the client to the lease and instance of this checkout;
+   * `local` is what each transaction of it must set first under transaction
+   * pooling (see `localChanges`).
+   */
+  checkout (lease: Lease, owner: Instance | undefined, local = ''): void {
     this.#lease = lease
     this.#owner = owner
+    this.#local = local
+    this.#localReady = false
   }
 
   /**
@@ -105,13 +116,84 @@ export class RoutedClient implements PostgresPoolClient {
       const refused = this.#refusal(typeof text === 'string' ? text : undefined)
       if (refused) throw refused
       this.session.observe(typeof text === 'string' ? text : undefined)
+      if (this.#local !== '') this.#localCursor()
       return this.#client.query(sqlOrCursor as unknown as pg.Submittable) as unknown as PostgresCursor<R>
     }
     if (mismatch) return Promise.reject(mismatch)
     const refused = this.#refusal(sqlOrCursor)
     if (refused) return Promise.reject(refused)
     this.session.observe(sqlOrCursor)
+    if (this.#local !== '') return this.#runLocal<R>(sqlOrCursor, parameters)
     return this.#run<R>(sqlOrCursor, parameters)
+  }
+
+  /**
+   * Under transaction pooling, with session state to give: every statement
+   * runs in a transaction whose first statement sets it (`set_config(…, true)`),
+   * since the next transaction may run on another server session. A `BEGIN`
+   * carries the set-up in the same round trip; a statement outside a
+   * transaction becomes `BEGIN; <set-up>`, itself, `COMMIT`, so it commits, or
+   * fails, before its promise settles, as it would on its own.
+   */
+  async #runLocal<R> (sql: string, parameters: ReadonlyArray<unknown> | undefined): Promise<PostgresQueryResult<R>> {
+    const control = transactionControl(sql)
+    if (control === 'several') {
+      throw new UnsupportedStatementError(`Under PgBouncer's transaction pooling (pgbouncer: 'transaction') ${describe(this.#owner)} sets its schema, role or settings at the start of each transaction, ` +
+        'so a text that ends or begins a transaction among other statements cannot be sent: the statements after it would run without them. Send BEGIN, COMMIT and ROLLBACK on their own.')
+    }
+    const status = this.#client.getTransactionStatus()
+    if (status === 'I') {
+      if (control === 'start' && (parameters === undefined || parameters.length === 0)) {
+        const results = await this.#setUp(`${sql}; ${this.#local}`) as unknown as Array<PostgresQueryResult<R>>
+        return results[0]!
+      }
+      if (control === 'none') {
+        await this.#setUp(`begin; ${this.#local}`)
+        let result: PostgresQueryResult<R>
+        try {
+          result = await this.#run<R>(sql, parameters)
+        } catch (err) {
+          if (!this.#lost) await this.#client.query('rollback').catch(() => {})
+          throw err
+        }
+        await this.#run('commit', undefined)
+        return result
+      }
+    } else if (status === 'T' && !this.#localReady) {
+      await this.#setUp(this.#local)
+    }
+    const result = await this.#run<R>(sql, parameters)
+    if (control === 'end') this.#localReady = false
+    return result
+  }
+
+  /** A cursor runs inside a transaction that has had the set-up: its rows are read over several round trips. */
+  #localCursor (): void {
+    const status = this.#client.getTransactionStatus()
+    if (status === 'I') {
+      throw new UnsupportedStatementError(`Under PgBouncer's transaction pooling (pgbouncer: 'transaction') ${describe(this.#owner)} sets its schema, role or settings at the start of each transaction, ` +
+        'and a cursor outside a transaction would read its rows over several: stream inside db.transaction().')
+    }
+    if (status === 'T' && !this.#localReady) {
+      // pg sends queued queries in order: the set-up reaches the server before the cursor; if it fails, so does the cursor.
+      this.#client.query(this.#local).catch(() => {})
+      this.#localReady = true
+    }
+  }
+
+  /** Sends a set-up text of this checkout; a failure rolls back what it began and fails like `prepare`. */
+  async #setUp (text: string): Promise<unknown> {
+    try {
+      const result = await this.#client.query(text)
+      this.#localReady = true
+      return result
+    } catch (err) {
+      const lost = this.#noteLoss(err)
+      if (lost) throw Object.assign(new DatasourceUnavailableError(this.#label()), { cause: err })
+      if (this.#client.getTransactionStatus() !== 'I') await this.#client.query('rollback').catch(() => {})
+      const reason = err instanceof Error ? err.message : String(err)
+      throw Object.assign(new SessionError(`The transaction of a connection for ${describe(this.#owner)} could not be prepared (${text}): ${reason}.`), { cause: err })
+    }
   }
 
   async #run<R> (sql: string, parameters: ReadonlyArray<unknown> | undefined): Promise<PostgresQueryResult<R>> {
@@ -129,6 +211,7 @@ export class RoutedClient implements PostgresPoolClient {
     if (lease === undefined) return
     this.#lease = undefined
     this.#owner = undefined
+    this.#local = ''
     this.#giveBack(lease, this.#discardReason(destroy === true))
   }
 

@@ -1,11 +1,10 @@
 import type pg from 'pg'
 import type { PostgresPool, PostgresPoolClient } from 'kysely'
 import { currentContext, type TenancyContext } from '../context.js'
-import { SessionError, quote } from '../errors.js'
-import type { Instance } from '../instances/instance.js'
+import { SessionError } from '../errors.js'
 import type { Lease, PoolManager } from './pool-manager.js'
 import { RoutedClient, type DiscardReason } from './routed-client.js'
-import { SessionState, sessionTarget, type SessionSettings, type SessionTarget } from './session-state.js'
+import { SessionState, localChanges, sessionTarget, type SessionSettings } from './session-state.js'
 
 /** Options of {@link RoutingPool}. */
 export interface RoutingPoolOptions {
@@ -20,9 +19,10 @@ export interface RoutingPoolOptions {
   /**
    * The datasources are reached through PgBouncer's transaction pooling, where
    * consecutive transactions of one connection may run on different server
-   * sessions: a checkout that needs session state (a schema, a role, settings)
-   * fails with `TENANCY_SESSION_FAILED` instead of running where that state may
-   * be missing, and a statement that may change the session is refused with
+   * sessions: the session is never changed; a checkout that needs a schema, a
+   * role or settings gives them to each transaction with `set_config(…, true)`
+   * in its first round trip (a statement outside a transaction gets one of its
+   * own), and a statement that may change the session is refused with
    * `TENANCY_UNSUPPORTED_STATEMENT` before it is sent, since its change would
    * stay on a server connection that other clients get next. Defaults to `false`.
    */
@@ -108,7 +108,6 @@ export class RoutingPool implements PostgresPool {
     const context = this.#context()
     const instance = context?.instance
     const target = sessionTarget(context, this.#settings)
-    if (this.#transactionPooling) refuseSessionState(instance, target)
     const label = instance?.name ?? 'default'
     const lease = await this.#pools.acquireAsIs(instance?.datasource ?? 'default', label)
     let routed = this.#routed.get(lease.client)
@@ -116,8 +115,19 @@ export class RoutingPool implements PostgresPool {
       routed = new RoutedClient(lease.client, this.#pools.sessionOf(lease.client), this.#giveBack, this.#context, this.#transactionPooling)
       this.#routed.set(lease.client, routed)
     }
-    routed.checkout(lease, instance)
     this.#checkouts++
+    if (this.#transactionPooling) {
+      // No session state: each transaction sets its own (set_config(…, true)).
+      try {
+        routed.checkout(lease, instance, localChanges(target))
+      } catch (err) {
+        routed.checkout(lease, instance)
+        routed.release()
+        throw err
+      }
+      return routed
+    }
+    routed.checkout(lease, instance)
     let changes: string
     try {
       changes = routed.session.changesTo(target)
@@ -134,19 +144,6 @@ export class RoutingPool implements PostgresPool {
   async end (): Promise<void> {
     await this.#pools.close()
   }
-}
-
-/** Under transaction pooling a checkout may need no session state: a later transaction of the connection may run in another server session without it. */
-function refuseSessionState (instance: Instance | undefined, target: SessionTarget): void {
-  const needs: string[] = []
-  if (target.schema !== null) needs.push(`search_path ${quote(target.schema)}`)
-  if (target.role !== null) needs.push(`role ${quote(target.role)}`)
-  const settings = Object.keys(target.settings)
-  if (settings.length > 0) needs.push(`the setting${settings.length > 1 ? 's' : ''} ${settings.map((name) => quote(name)).join(', ')}`)
-  if (needs.length === 0) return
-  const who = instance === undefined ? 'the host context' : `instance ${quote(instance.name)}`
-  throw new SessionError(`A connection for ${who} needs ${needs.join(' and ')} in its session, which PgBouncer's transaction pooling (pgbouncer: 'transaction') does not keep from one transaction to the next, so no connection is handed out. ` +
-    'Reach its datasource directly or through session pooling (pgbouncer: \'session\').')
 }
 
 async function loadParser (): Promise<void> {

@@ -200,6 +200,68 @@ export function changesSession (text: string): boolean {
 }
 
 /**
+ * What a statement text does to the transaction around it: `start` a single
+ * `BEGIN` / `START TRANSACTION`, `end` a single statement that ends one
+ * (`COMMIT`, `ROLLBACK`, `END`, `ABORT`, `PREPARE TRANSACTION`, `… AND CHAIN`
+ * included), `several` a text of several statements with one of those among
+ * them (or a text the parser cannot read), `none` anything else (savepoints
+ * included). The parser must be loaded ({@link SessionState.load}).
+ *
+ * ```ts
+ * transactionControl('start transaction isolation level serializable') // 'start'
+ * transactionControl('select 1; commit') // 'several'
+ * ```
+ */
+export type TransactionControl = 'none' | 'start' | 'end' | 'several'
+
+const SAVEPOINT_KINDS = new Set(['TRANS_STMT_SAVEPOINT', 'TRANS_STMT_RELEASE', 'TRANS_STMT_ROLLBACK_TO'])
+const START_KINDS = new Set(['TRANS_STMT_BEGIN', 'TRANS_STMT_START'])
+const controls = new Map<string, TransactionControl>()
+
+/** See {@link TransactionControl}. */
+export function transactionControl (text: string): TransactionControl {
+  if (PLAIN_DML.test(text)) return 'none'
+  let control = controls.get(text)
+  if (control !== undefined) return control
+  control = 'several'
+  if (parse !== undefined) {
+    try {
+      const statements = ((parse(text) as { stmts?: Array<{ stmt?: unknown }> }).stmts ?? []).map((entry) => nodeOf(entry.stmt, 'TransactionStmt'))
+      const kinds = statements.map((node) => node === undefined || SAVEPOINT_KINDS.has(String(node.kind)) ? 'none' : START_KINDS.has(String(node.kind)) ? 'start' : 'end')
+      control = kinds.length === 1 ? kinds[0]! : kinds.every((kind) => kind === 'none') ? 'none' : 'several'
+    } catch {}
+  }
+  if (controls.size >= MAX_VERDICTS) controls.clear()
+  if (text.length <= 10_000) controls.set(text, control)
+  return control
+}
+
+/**
+ * The statement that gives the current transaction what `target` needs, with
+ * settings that end with it (`set_config(…, true)`: `SET LOCAL`), or `''` when
+ * it needs nothing: for PgBouncer's transaction pooling, where no session
+ * state survives the transaction. Every setting key is set, `''` included,
+ * since the server session may have been anyone's.
+ *
+ * ```ts
+ * localChanges({ schema: 'tenant_acme', role: 'tenant_acme', settings: { 'tenancy.iid': '3' } })
+ * // select set_config('role', 'tenant_acme', true), set_config('search_path', '"tenant_acme"', true), set_config('tenancy.iid', '3', true)
+ * ```
+ */
+export function localChanges (target: SessionTarget): string {
+  const calls: string[] = []
+  if (target.role !== null) calls.push(`set_config('role', ${pg.escapeLiteral(target.role)}, true)`)
+  if (target.schema !== null) calls.push(`set_config('search_path', ${pg.escapeLiteral(pg.escapeIdentifier(target.schema))}, true)`)
+  for (const name of Object.keys(target.settings)) {
+    const value = target.settings[name]
+    if (typeof value !== 'string') throw new InvalidOptionsError(`the session setting ${JSON.stringify(name)} must be a string, not ${typeof value}`)
+    if (!SETTING_NAME.test(name)) throw new InvalidOptionsError(`${JSON.stringify(name)} is not a valid session setting name`)
+    calls.push(`set_config(${pg.escapeLiteral(name)}, ${pg.escapeLiteral(value)}, true)`)
+  }
+  return calls.length === 0 ? '' : `select ${calls.join(', ')}`
+}
+
+/**
  * What one pooled connection's session carries, as far as this library set it.
  * A new connection starts at the server defaults, so the shared-mode path
  * (no schema, no role, no settings) never costs a round trip; a checkout that
