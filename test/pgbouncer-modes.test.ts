@@ -3,8 +3,9 @@
 // seen inside the statements), and what transaction pooling cannot keep is
 // refused at start-up, at checkout or before the statement is sent.
 import t from 'tap'
-import { sql, type Kysely } from 'kysely'
-import { createTenancy, databaseStore, type Instance, type InstanceStore } from '../lib/index.js'
+import { Kysely, PostgresDialect, sql } from 'kysely'
+import { createTenancy, databaseStore, RoutingPool, type Instance, type InstanceStore } from '../lib/index.js'
+import { WholeCursor } from './helpers/whole-cursor.js'
 import { pgbouncerFixture, startBouncer } from './helpers/pgbouncer-fixture.js'
 import { query } from './helpers/database.js'
 import type { TenantDB } from './helpers/tenant-schema.js'
@@ -191,4 +192,21 @@ t.test('transaction pooling: a schema instance a store adds later, and a role th
   await t.rejects(tenancy.runAsInstance('ghost', () => db.transaction().execute((trx) => seen(trx))), { code: 'TENANCY_SESSION_FAILED' }, 'in a transaction too')
   t.same(tenancy.pools.counts().leased, 0, 'no connection is left checked out')
   t.same([...new Set((await tenancy.runAsInstance('late', () => seen(db))).map((row) => row.schema))], ['pgb_left'], 'and the connection still works')
+})
+
+t.test('transaction pooling: a cursor (stream) runs inside a transaction that has the set-up', async (t) => {
+  const tenancy = await createTenancy({ instances: [...shared, ...schemas], datasources: { default: transaction.url(fixture.database) }, tables, pool: { max: 1 }, pgbouncer: 'transaction' })
+  t.teardown(() => tenancy.close())
+  // Not destroyed: it would close the tenancy's pools.
+  const db = new Kysely<TenantDB>({ dialect: new PostgresDialect({ pool: new RoutingPool(tenancy.pools, { context: () => tenancy.context(), transactionPooling: true }), cursor: WholeCursor }) })
+  const streamed = await tenancy.runAsInstance('right', () => db.transaction().execute(async (trx) => {
+    const rows = []
+    for await (const row of trx.selectFrom('student').select(['name', sql<string>`current_schema()`.as('schema')]).where('iid', '=', 12).orderBy('id').stream()) rows.push(row)
+    return rows
+  }))
+  t.same(streamed, [1, 2, 3, 4].map((s) => ({ name: `pgb_right ${s} of 12`, schema: 'pgb_right' })), 'rows of its schema, read in its schema')
+  await t.rejects(tenancy.runAsInstance('right', async () => { for await (const row of db.selectFrom('student').selectAll().stream()) t.fail(`no row: ${JSON.stringify(row)}`) }),
+    { code: 'TENANCY_UNSUPPORTED_STATEMENT', message: /stream inside db\.transaction\(\)/ }, 'outside a transaction it is refused')
+  const plain = await tenancy.runAsInstance('a', async () => { const rows = []; for await (const row of db.selectNoFrom(sql<string>`current_schema()`.as('schema')).stream()) rows.push(row); return rows })
+  t.same(plain, [{ schema: 'public' }], 'an instance that needs no set-up streams as it is')
 })
