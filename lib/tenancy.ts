@@ -3,6 +3,7 @@ import { contextOf, enterContext, type ContextOwner, type TenancyContext } from 
 import { ClosedError, InvalidOptionsError } from './errors.js'
 import { type Instance, type InstanceConfig, type InstanceName } from './instances/instance.js'
 import { InstanceRegistry, requireInstance, type InstanceStore } from './instances/instance-registry.js'
+import { DatabaseStore } from './instances/database-store.js'
 import { PoolManager, type DatasourceConfig, type PoolSettings } from './routing/pool-manager.js'
 import { RoutingPool } from './routing/routing-pool.js'
 import type { SessionSettings } from './routing/session-state.js'
@@ -28,9 +29,17 @@ export interface TenancyOptions {
   /**
    * At most this many datasource pools open at once (isolated instances each
    * have one); the least recently used idle pool is closed to make room.
-   * Defaults to `10`.
+   * Defaults to `10`, or no limit when `maxConnections` is set.
    */
   maxPools?: number
+  /**
+   * At most this many connections open at once over all datasources (the
+   * server's real limit): a checkout that needs one more closes an idle
+   * connection of the least recently used datasource, or waits its turn in a
+   * queue served one datasource after the other; `pool.max` still caps each
+   * datasource. Defaults to no budget (only `maxPools × pool.max`).
+   */
+  maxConnections?: number
   /** A pool with no client checked out for this long is closed. Defaults to `60000`. */
   poolIdleTimeoutMillis?: number
   /**
@@ -76,7 +85,7 @@ export interface TenancyOptions {
    * within a second. While a change may have gone unseen for longer, queries that
    * name a table other than a tenant table are refused with
    * `TENANCY_UNKNOWN_TABLE`. Needs discovered tables (no `tables` option).
-   * Defaults to `true` without `tables`, `false` with it.
+   * Defaults to `true` without `tables`, `false` with it or with `pgbouncer: 'transaction'`.
    */
   watchTables?: boolean
   /**
@@ -113,6 +122,27 @@ export interface TenancyOptions {
    * again. Defaults to none.
    */
   onProvision?: (context: ProvisionContext) => unknown
+  /**
+   * The datasources are reached through PgBouncer, in this pooling mode.
+   * `'session'` changes nothing: each connection keeps its own server session.
+   * `'transaction'` keeps nothing in the session: a schema, role or `rls` /
+   * `settings` value is set at the start of each transaction with
+   * `set_config(…, true)`, a query outside a transaction running in one of its
+   * own (`BEGIN; <set-up>`, the query, `COMMIT`); `watchTables`, a
+   * `databaseStore` and `migrate()`, which need a session, are refused with
+   * `TENANCY_INVALID_OPTIONS`, and a statement that may change the session with
+   * `TENANCY_UNSUPPORTED_STATEMENT` before it is sent (see the README, "PgBouncer").
+   * Defaults to `false` (direct connections).
+   */
+  pgbouncer?: 'session' | 'transaction' | false
+}
+
+// Under transaction pooling each transaction may run in another server
+// session: nothing may rely on state kept in the session between them.
+function refuseUnderTransactionPooling (options: TenancyOptions): void {
+  const why = 'which PgBouncer\'s transaction pooling (pgbouncer: \'transaction\') does not keep from one transaction to the next: use session pooling (pgbouncer: \'session\') or direct connections for it'
+  if (options.watchTables === true) throw new InvalidOptionsError(`watchTables listens for catalog changes (LISTEN) on one session, ${why}; leave it out (it defaults to false with pgbouncer: 'transaction') and call discoverTables() after migrations`)
+  if (options.instances instanceof DatabaseStore) throw new InvalidOptionsError(`a databaseStore listens for changes (LISTEN) and holds name locks on one session, ${why}`)
 }
 
 function isStore (value: unknown): value is InstanceStore {
@@ -140,15 +170,21 @@ export class Tenancy implements ContextOwner {
   readonly #migrator: FleetMigrator
   readonly #discoversTables: boolean
   readonly #lifecycle: InstanceLifecycle
+  readonly #transactionPooling: boolean
 
   /** @internal use {@link createTenancy} */
   constructor (options: TenancyOptions) {
     if (options === null || typeof options !== 'object') throw new InvalidOptionsError('createTenancy needs an options object')
-    this.#pools = new PoolManager(options.datasources, { maxPools: options.maxPools, poolIdleTimeoutMillis: options.poolIdleTimeoutMillis, pool: options.pool })
+    this.#pools = new PoolManager(options.datasources, { maxPools: options.maxPools, maxConnections: options.maxConnections, poolIdleTimeoutMillis: options.poolIdleTimeoutMillis, pool: options.pool })
     if (options.settings !== undefined && typeof options.settings !== 'function') throw new InvalidOptionsError('settings must be a function of the context that returns the session settings')
     for (const flag of ['strict', 'rls', 'watchTables'] as const) {
       if (options[flag] !== undefined && typeof options[flag] !== 'boolean') throw new InvalidOptionsError(`${flag} must be true or false`)
     }
+    if (options.pgbouncer !== undefined && options.pgbouncer !== false && options.pgbouncer !== 'session' && options.pgbouncer !== 'transaction') {
+      throw new InvalidOptionsError(`pgbouncer must be "session", "transaction" or false, not ${JSON.stringify(options.pgbouncer)}`)
+    }
+    this.#transactionPooling = options.pgbouncer === 'transaction'
+    if (this.#transactionPooling) refuseUnderTransactionPooling(options)
     if (options.watchTables === true && options.tables !== undefined) throw new InvalidOptionsError('watchTables follows discovered tables: leave out the tables option, or watchTables')
     this.#settings = options.rls === true ? withSettings(options.settings, rowLevelSecuritySettings()) : options.settings
     this.#strict = options.strict === true
@@ -163,11 +199,17 @@ export class Tenancy implements ContextOwner {
       kysely: () => this.kysely(),
       // Past the gate: provisioning and removal work on instances that are not ready, or disabled.
       runAs: (instance, fn) => enterContext(this, 'instance', instance, fn),
-      migrate: async (instance) => {
+      migrate: async (instance, to) => {
         if (options.migrations?.instance === undefined) return
-        const report = await this.migrate({ only: [instance.id], sets: 'instance' })
+        const report = await this.migrate({ only: [instance.id], sets: 'instance', ...(to === undefined ? {} : { to }) })
         const failed = report.targets.find((target) => target.status !== 'success')
         if (failed !== undefined) throw failed.error ?? new Error(`the migrations of ${failed.target} ended ${failed.status}`)
+      },
+      appliedMigrations: async (instance) => {
+        if (options.migrations?.instance === undefined) return undefined
+        const [state] = await this.migrationStatus({ only: [instance.id] })
+        if (state?.error !== undefined) throw state.error
+        return state?.executed ?? []
       },
       instanceReady: () => { if (this.#discoversTables && !this.#closed) this.discoverTables().catch(() => {}) },
     }, options)
@@ -227,7 +269,7 @@ export class Tenancy implements ContextOwner {
     if (this.#tenantTables === undefined) throw new InvalidOptionsError('the tenant tables are not known yet: create the tenancy with createTenancy(), which discovers them')
     const context = (): TenancyContext | undefined => contextOf(this)
     this.#kysely = new Kysely<any>({
-      dialect: new PostgresDialect({ pool: new RoutingPool(this.#pools, { settings: this.#settings, context }) }),
+      dialect: new PostgresDialect({ pool: new RoutingPool(this.#pools, { settings: this.#settings, context, transactionPooling: this.#transactionPooling }) }),
       plugins: [new InstanceFilterPlugin({ tables: () => this.#tenantTables!, tenantColumn: this.tenantColumn, rawSqlGuard: this.#rawSqlGuard, context })],
     })
     return this.#kysely as Kysely<DB>
@@ -262,7 +304,7 @@ export class Tenancy implements ContextOwner {
   /** @internal Start-up work of createTenancy: table discovery and watching, the strict parser. */
   async prepareTenantFilter (options: TenancyOptions): Promise<void> {
     if (options.tables === undefined) await this.discoverTables()
-    if (options.watchTables ?? options.tables === undefined) await this.#tableWatcher!.watch(options.datasources, options.pool)
+    if (options.watchTables ?? (options.tables === undefined && options.pgbouncer !== 'transaction')) await this.#tableWatcher!.watch(options.datasources, options.pool)
     if (this.#strict) this.#rawSqlGuard = await RawSqlGuard.load(() => this.#tenantTables!)
   }
 
@@ -281,6 +323,7 @@ export class Tenancy implements ContextOwner {
    * ```
    */
   async migrate (options: FleetMigrateOptions = {}): Promise<MigrationReport> {
+    if (this.#transactionPooling) throw new InvalidOptionsError('migrate() takes a session advisory lock per target, which PgBouncer\'s transaction pooling (pgbouncer: \'transaction\') cannot keep: run the migrations from a tenancy whose datasources are reached directly or through session pooling')
     const report = await this.#migrator.migrate(this.#pools, this.instances, options)
     if (report.changed && this.#discoversTables) {
       try {
@@ -318,6 +361,8 @@ export class Tenancy implements ContextOwner {
    * password: `shared` makes nothing physical, `schema` a schema (and with
    * `role` a role of its own), `isolated` a database on one of `servers`; then
    * the instance migrations on its target, then `onProvision` as the instance.
+   * With `from`, it is a copy of that schema or isolated instance: its rows,
+   * sequences and migration state, the tenant column rewritten to the new id.
    * Requests to it get 503 `TENANCY_INSTANCE_NOT_READY` until it is ready. A
    * step that fails leaves it `failed` and throws; calling `createInstance`
    * again with the same name and mode resumes it. Every process sees it within

@@ -1,6 +1,7 @@
 import pg from 'pg'
 import { ClosedError, InvalidOptionsError, DatasourceUnavailableError, SessionError, quote } from '../errors.js'
 import { SessionState, type SessionTarget } from './session-state.js'
+import { ConnectionBudget, type BudgetCounts } from './connection-budget.js'
 
 const SERVER_DEFAULTS: SessionTarget = Object.freeze({ schema: null, role: null, settings: Object.freeze({}) })
 
@@ -30,9 +31,18 @@ export interface PoolManagerOptions {
    * At most this many pools are open at once; opening another closes the least
    * recently used pool that has no client checked out, or waits (up to the
    * datasource's `connectionTimeoutMillis`) for one to become free.
-   * Defaults to `10`.
+   * Defaults to `10`, or no limit when `maxConnections` is set.
    */
   maxPools?: number
+  /**
+   * At most this many connections open at once over every datasource (the
+   * server's `max_connections` less what other clients need); each pool's
+   * `max` still caps its own datasource. A checkout that needs a connection
+   * when all are open closes an idle connection of the least recently used
+   * datasource, or waits its turn (see {@link ConnectionBudget}). Defaults to
+   * no budget: only `maxPools × pool.max` bounds the connections.
+   */
+  maxConnections?: number
   /** A pool with no client checked out for this long is closed. Defaults to `60000`. */
   poolIdleTimeoutMillis?: number
   /** Settings for every datasource's pool. Defaults to {@link DEFAULT_POOL_SETTINGS}. */
@@ -59,6 +69,8 @@ export interface PoolCounts {
   waiting: number
   /** Clients checked out or being connected for a caller. */
   leased: number
+  /** The connection budget's counters, when `maxConnections` is set. */
+  budget?: BudgetCounts
 }
 
 /** The state of one datasource's pool. */
@@ -73,6 +85,8 @@ export interface PoolStatus extends Omit<PoolCounts, 'pools'> {
 interface Entry {
   readonly datasource: string
   readonly pool: pg.Pool
+  /** The pool's own cap on its clients. */
+  readonly max: number
   state: PoolState
   /** Checked-out clients plus connects in progress: a pool with leases is never closed. */
   leases: number
@@ -145,6 +159,7 @@ export class PoolManager {
   // What each connection's session carries, whoever set it: every routing
   // pool over this manager, and every lease, sees the same state.
   readonly #sessions = new WeakMap<pg.PoolClient, SessionState>()
+  readonly #budget: ConnectionBudget | undefined
   #state: 'open' | 'ending' | 'ended' = 'open'
   #uses = 0
   #evictions = 0
@@ -152,12 +167,15 @@ export class PoolManager {
   constructor (datasources: Record<string, DatasourceConfig>, options: PoolManagerOptions = {}) {
     if (datasources === null || typeof datasources !== 'object') throw new InvalidOptionsError('datasources must be an object of connection strings or pg PoolConfigs')
     if (options === null || typeof options !== 'object') throw new InvalidOptionsError('the pool options must be an object')
-    const { maxPools = 10, poolIdleTimeoutMillis = 60000, pool = {} } = options
+    const { maxConnections, poolIdleTimeoutMillis = 60000, pool = {} } = options
+    // With a budget, an open pool without connections costs nothing: only the connections are limited.
+    const maxPools = options.maxPools ?? (maxConnections === undefined ? 10 : Number.MAX_SAFE_INTEGER)
     if (!positiveInteger(maxPools)) throw new InvalidOptionsError(`maxPools must be a positive integer, not ${JSON.stringify(maxPools)}`)
     if (!positiveInteger(poolIdleTimeoutMillis)) throw new InvalidOptionsError(`poolIdleTimeoutMillis must be a positive whole number of milliseconds, not ${JSON.stringify(poolIdleTimeoutMillis)}`)
     if (pool === null || typeof pool !== 'object') throw new InvalidOptionsError('pool must be an object of pool settings')
     checkSettings(pool as Record<string, unknown>, 'pool')
     this.#maxPools = maxPools
+    this.#budget = maxConnections === undefined ? undefined : new ConnectionBudget(maxConnections, () => this.#entries.values())
     this.#poolIdleTimeoutMillis = poolIdleTimeoutMillis
     const defaults = { ...DEFAULT_POOL_SETTINGS, ...defined(pool) }
     this.#defaults = defaults
@@ -218,6 +236,7 @@ export class PoolManager {
       clearTimeout(waiter.timer)
       waiter.reject(new DatasourceUnavailableError(quote(name)))
     }
+    this.#budget?.rejectDatasource(name, (label) => new DatasourceUnavailableError(quote(label)))
     const entry = this.#entries.get(name)
     if (entry !== undefined) this.#close(entry)
   }
@@ -261,12 +280,16 @@ export class PoolManager {
   async acquireAsIs (datasource: string, label: string = datasource): Promise<Lease> {
     const entry = this.#entry(datasource) ?? await this.#waitForSlot(datasource, label)
     try {
-      const client = await entry.pool.connect()
+      const client = this.#budget === undefined
+        ? await entry.pool.connect()
+        : await this.#budget.connect(entry, label, this.#configs.get(datasource)?.connectionTimeoutMillis ?? DEFAULT_POOL_SETTINGS.connectionTimeoutMillis)
       const lease: Lease = { client, datasource }
       this.#leases.set(lease, entry)
       return lease
     } catch (err) {
       this.#drop(entry)
+      // The budget's own refusals (timed out, datasource removed, closed) already say what happened.
+      if (err instanceof DatasourceUnavailableError || err instanceof ClosedError) throw err
       throw Object.assign(new DatasourceUnavailableError(quote(label)), { cause: err })
     }
   }
@@ -305,6 +328,10 @@ export class PoolManager {
       counts.waiting += entry.pool.waitingCount
       counts.leased += entry.leases
     }
+    if (this.#budget !== undefined) {
+      counts.budget = this.#budget.counts()
+      counts.waiting += counts.budget.waiting
+    }
     return counts
   }
 
@@ -329,6 +356,7 @@ export class PoolManager {
         clearTimeout(waiter.timer)
         waiter.reject(new ClosedError('this query was waiting for a connection pool, and none will be opened any more.'))
       }
+      this.#budget?.rejectAll(() => new ClosedError('this query was waiting for a connection, and none will be opened any more.'))
       for (const entry of [...this.#entries.values()]) this.#close(entry)
     }
     while (this.#ending.size > 0) await Promise.allSettled([...this.#ending])
@@ -427,7 +455,13 @@ export class PoolManager {
     // A checked-out client that dies between queries emits 'error' on itself;
     // its next query fails and the routing pool discards it.
     pool.on('connect', (client) => { client.on('error', () => {}) })
-    const entry: Entry = { datasource, pool, state: 'open', leases: 0, lastUsed: Date.now(), useOrder: ++this.#uses }
+    const budget = this.#budget
+    if (budget !== undefined) {
+      // A client given back is idle only after pg-pool's release returns; a closed one has left the count.
+      pool.on('release', () => { if (budget.waiting > 0) queueMicrotask(() => { budget.pump() }) })
+      pool.on('remove', () => { budget.pump() })
+    }
+    const entry: Entry = { datasource, pool, max: config.max ?? DEFAULT_POOL_SETTINGS.max, state: 'open', leases: 0, lastUsed: Date.now(), useOrder: ++this.#uses }
     this.#entries.set(datasource, entry)
     this.#sweeper ??= this.#startSweeper()
     return entry

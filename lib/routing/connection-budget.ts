@@ -1,0 +1,235 @@
+import type pg from 'pg'
+import { DatasourceUnavailableError, InvalidOptionsError, quote } from '../errors.js'
+
+// pg-pool hands an idle client to a checkout on the next tick, and opens a
+// client for a checkout it queued when no idle one is left by then: until
+// then the idle one is promised and the new one is not counted yet.
+
+/** Idle clients not promised to a checkout already. */
+function spare (pool: pg.Pool): number {
+  return pool.idleCount - pool.waitingCount
+}
+
+/** Clients open, being opened, or about to be opened for checkouts queued in pg-pool. */
+function size (pool: pg.Pool): number {
+  return pool.totalCount + Math.max(0, pool.waitingCount - pool.idleCount)
+}
+
+/** What the budget needs of a datasource's pool. */
+export interface BudgetedPool {
+  readonly datasource: string
+  readonly pool: pg.Pool
+  /** The pool's own cap (`max`): a checkout beyond it waits inside pg-pool, and opens nothing. */
+  readonly max: number
+  /** Order of last use, larger is more recent: the idle connections of the least recently used pool are closed first. */
+  readonly useOrder: number
+}
+
+interface Waiter {
+  readonly entry: BudgetedPool
+  readonly label: string
+  readonly resolve: (client: Promise<pg.PoolClient>) => void
+  readonly reject: (err: Error) => void
+  timer: NodeJS.Timeout | undefined
+}
+
+/** The budget's counters. */
+export interface BudgetCounts {
+  /** The most connections open at once, over every datasource. */
+  max: number
+  /** Connections open (or being opened) now, over every pool the budget sees. */
+  open: number
+  /** Checkouts waiting for room under the budget. */
+  waiting: number
+  /** Idle connections of another datasource being closed to make room. */
+  closing: number
+  /** Idle connections closed to make room, since start. */
+  evictions: number
+}
+
+/**
+ * One limit on the connections of every datasource together: the server's
+ * real limit (`max_connections` less what others use), where each pool's own
+ * `max` only caps that datasource. A checkout that needs a new connection when
+ * the budget is spent closes an idle connection of the datasource used least
+ * recently, or waits. Waiters queue per datasource and are served in turn,
+ * one datasource after the other, so a busy datasource cannot starve a quiet
+ * one; a newcomer never takes the room a waiter is owed. A waiter that gets
+ * no room within `connectionTimeoutMillis` fails with 503
+ * `TENANCY_DATASOURCE_UNAVAILABLE`.
+ *
+ * Made by the pool manager when `maxConnections` is set:
+ *
+ * ```ts
+ * const tenancy = await createTenancy({ instances, datasources, maxConnections: 80, pool: { max: 10 } })
+ * // 200 isolated instances, at most 80 connections open at once, 10 per database
+ * ```
+ */
+export class ConnectionBudget {
+  readonly #max: number
+  readonly #pools: () => Iterable<BudgetedPool>
+  // One FIFO per datasource, served round-robin in the order the datasources began to wait.
+  readonly #queues = new Map<string, Waiter[]>()
+  #waiting = 0
+  #closing = 0
+  #evictions = 0
+
+  /** `pools` lists the open pools whenever the budget needs to count or pick one. */
+  constructor (max: number, pools: () => Iterable<BudgetedPool>) {
+    if (!Number.isSafeInteger(max) || max < 1) throw new InvalidOptionsError(`maxConnections must be a positive integer, not ${JSON.stringify(max)}`)
+    this.#max = max
+    this.#pools = pools
+  }
+
+  /** The limit. */
+  get max (): number {
+    return this.#max
+  }
+
+  /** Checkouts waiting for room. */
+  get waiting (): number {
+    return this.#waiting
+  }
+
+  /**
+   * `entry.pool.connect()`, once the budget has room for the connection it
+   * may open. While anyone waits, every checkout queues behind them (also one
+   * its pool could serve from an idle connection): waiting happens here, never
+   * in pg-pool's own queue, so the turns stay fair across datasources.
+   */
+  async connect (entry: BudgetedPool, label: string, timeoutMillis: number): Promise<pg.PoolClient> {
+    if (this.#waiting === 0 && this.#servable(entry)) return await entry.pool.connect()
+    return await new Promise<Promise<pg.PoolClient>>((resolve, reject) => {
+      const waiter: Waiter = { entry, label, resolve, reject, timer: undefined }
+      if (timeoutMillis > 0) {
+        waiter.timer = setTimeout(() => {
+          if (!this.#remove(waiter)) return
+          const cause = new Error(`No connection of datasource ${JSON.stringify(entry.datasource)} could be had for ${timeoutMillis} ms: its pool had all ${entry.max} checked out, or all ${this.#max} connections of the budget (maxConnections) were in use.`)
+          reject(Object.assign(new DatasourceUnavailableError(quote(label)), { cause }))
+        }, timeoutMillis)
+      }
+      let queue = this.#queues.get(entry.datasource)
+      if (queue === undefined) {
+        queue = []
+        this.#queues.set(entry.datasource, queue)
+      }
+      queue.push(waiter)
+      this.#waiting++
+      this.pump()
+    })
+  }
+
+  /**
+   * Serves the waiters, one datasource after the other. A datasource whose
+   * pool is at its own `max` waits for its own connections and lets the next
+   * one go first; one that waits only for the budget stops the round: an idle
+   * connection of the least recently used datasource is closed for it, and
+   * nobody behind it may take that connection meanwhile (else a busy
+   * datasource would take every connection it frees, and starve a quiet one).
+   * The pool manager calls it whenever a connection goes back to a pool or
+   * closes: either can make room.
+   */
+  pump (): void {
+    round: while (this.#waiting > 0) {
+      for (const queue of this.#queues.values()) {
+        const waiter = queue[0]!
+        const pool = waiter.entry.pool
+        if (spare(pool) > 0 || (size(pool) < waiter.entry.max && this.#open() < this.#max)) {
+          this.#take(waiter)
+          // pg-pool counts a new client at once, so the next round sees it.
+          waiter.resolve(pool.connect())
+          continue round
+        }
+        if (size(pool) >= waiter.entry.max) continue
+        if (this.#closing === 0) this.#evictOne()
+        return
+      }
+      return
+    }
+  }
+
+  /** Fails every waiter (the manager is closing). */
+  rejectAll (err: () => Error): void {
+    for (const queue of this.#queues.values()) {
+      for (const waiter of queue.splice(0)) {
+        if (waiter.timer) clearTimeout(waiter.timer)
+        waiter.reject(err())
+      }
+    }
+    this.#queues.clear()
+    this.#waiting = 0
+  }
+
+  /** Fails the waiters of one datasource (it was removed). */
+  rejectDatasource (datasource: string, err: (label: string) => Error): void {
+    const queue = this.#queues.get(datasource)
+    if (queue === undefined) return
+    this.#queues.delete(datasource)
+    this.#waiting -= queue.length
+    for (const waiter of queue) {
+      if (waiter.timer) clearTimeout(waiter.timer)
+      waiter.reject(err(waiter.label))
+    }
+  }
+
+  /** The counters, in the manner of pg-pool's. */
+  counts (): BudgetCounts {
+    return { max: this.#max, open: this.#open(), waiting: this.#waiting, closing: this.#closing, evictions: this.#evictions }
+  }
+
+  /** The pool can hand out a connection now: an idle one, or a new one within its max and the budget. */
+  #servable (entry: BudgetedPool): boolean {
+    return spare(entry.pool) > 0 || (size(entry.pool) < entry.max && this.#open() < this.#max)
+  }
+
+  #open (): number {
+    let open = 0
+    for (const entry of this.#pools()) open += size(entry.pool)
+    return open
+  }
+
+  #take (waiter: Waiter): void {
+    const queue = this.#queues.get(waiter.entry.datasource)!
+    queue.shift()
+    this.#waiting--
+    if (waiter.timer) clearTimeout(waiter.timer)
+    // Its datasource goes to the back of the round: the others are served before its next waiter.
+    this.#queues.delete(waiter.entry.datasource)
+    if (queue.length > 0) this.#queues.set(waiter.entry.datasource, queue)
+  }
+
+  #remove (waiter: Waiter): boolean {
+    const queue = this.#queues.get(waiter.entry.datasource)
+    const index = queue?.indexOf(waiter) ?? -1
+    if (index < 0) return false
+    queue!.splice(index, 1)
+    if (queue!.length === 0) this.#queues.delete(waiter.entry.datasource)
+    this.#waiting--
+    return true
+  }
+
+  /**
+   * Closes one idle connection of the least recently used pool: checked
+   * out (pg-pool hands over an idle one at once) and given back destroyed, the
+   * only way pg-pool's public interface closes one connection. False when no
+   * pool has one idle.
+   */
+  #evictOne (): boolean {
+    let victim: BudgetedPool | undefined
+    // A pool with an idle connection has nobody waiting (pump served them first).
+    for (const entry of this.#pools()) {
+      if (spare(entry.pool) <= 0) continue
+      if (victim === undefined || entry.useOrder < victim.useOrder) victim = entry
+    }
+    if (victim === undefined) return false
+    this.#closing++
+    this.#evictions++
+    victim.pool.connect().then((client) => {
+      client.release(true)
+    }, () => {}).finally(() => {
+      this.#closing--
+      this.pump()
+    })
+    return true
+  }
+}

@@ -1,0 +1,132 @@
+// The connection budget (maxConnections) over several databases: the server
+// never sees more of our connections than the budget, an idle connection of
+// the least recently used datasource makes room for another, a saturated
+// datasource cannot starve a quiet one, and waiters fail with 503 (never hang)
+// when nothing frees up. Connections are counted by the server itself
+// (pg_stat_activity, by application_name), not by the code under test.
+import t from 'tap'
+import { randomBytes } from 'node:crypto'
+import { PoolManager, type Lease } from '../lib/index.js'
+import { createDatabase, query, serverUrl } from './helpers/database.js'
+
+const names = ['default', 'a', 'b', 'c', 'd', 'e'] as const
+const urls: Record<string, string> = {}
+for (const name of names) urls[name] = await createDatabase(t, `budget_${name}`)
+
+/** Datasources tagged with an application_name of their own, so the server can count this manager's connections. */
+function tagged (): { app: string, datasources: Record<string, { connectionString: string, application_name: string }> } {
+  const app = `budget_${randomBytes(4).toString('hex')}`
+  return { app, datasources: Object.fromEntries(names.map((name) => [name, { connectionString: urls[name]!, application_name: app }])) }
+}
+
+async function serverCount (app: string): Promise<number> {
+  const rows = await query<{ n: number }>(serverUrl(), 'select count(*)::int as n from pg_stat_activity where application_name = $1', [app])
+  return rows[0]!.n
+}
+
+async function run (pools: PoolManager, datasource: string, text: string, values: unknown[] = []): Promise<any[]> {
+  const lease = await pools.acquire(datasource)
+  try {
+    return (await lease.client.query(text, values)).rows
+  } finally {
+    pools.release(lease)
+  }
+}
+
+t.test('maxConnections is validated at start-up', async (t) => {
+  for (const bad of [0, -1, 1.5, '4', null]) {
+    t.throws(() => new PoolManager(urls, { maxConnections: bad as number }), { code: 'TENANCY_INVALID_OPTIONS', message: /maxConnections must be a positive integer/ }, JSON.stringify(bad))
+  }
+})
+
+t.test('the server never sees more connections than the budget, under load over six databases', async (t) => {
+  const { app, datasources } = tagged()
+  const pools = new PoolManager(datasources, { maxConnections: 4, pool: { max: 3 } })
+  t.teardown(() => pools.close())
+  let most = 0
+  let done = 0
+  const wrong: string[] = []
+  // Each statement counts this manager's connections on the server while it runs.
+  const statement = 'select (select count(*)::int from pg_stat_activity where application_name = $1) as n, current_database() as db, pg_sleep(0.005)'
+  await Promise.all(Array.from({ length: 90 }, async (_, i) => {
+    const datasource = names[i % names.length]!
+    const [row] = await run(pools, datasource, statement, [app])
+    if (row.db !== new URL(urls[datasource]!).pathname.slice(1)) wrong.push(`${datasource} ran on ${row.db}`)
+    most = Math.max(most, row.n)
+    done++
+  }))
+  t.equal(done, 90, 'every statement ran')
+  t.same(wrong, [], 'each on its own database')
+  t.ok(most <= 4, `at most 4 connections seen by the server at once (seen ${most})`)
+  t.ok(most >= 2, `and more than one was used (seen ${most})`)
+  const counts = pools.counts()
+  t.ok(counts.budget!.evictions > 0, `idle connections were closed to make room (${counts.budget!.evictions})`)
+  t.ok(counts.open <= 4 && counts.budget!.waiting === 0, 'nothing is left waiting')
+  t.ok(await serverCount(app) <= 4)
+})
+
+t.test('an idle connection of the least recently used datasource makes room', async (t) => {
+  const { app, datasources } = tagged()
+  const pools = new PoolManager(datasources, { maxConnections: 2, pool: { max: 2 } })
+  t.teardown(() => pools.close())
+  const held: Lease[] = [await pools.acquire('a'), await pools.acquire('b')]
+  for (const lease of held) pools.release(lease)
+  await run(pools, 'a', 'select 1') // a is now the more recently used
+  t.equal(await serverCount(app), 2, 'a and b hold one idle connection each')
+  const [row] = await run(pools, 'c', 'select current_database() as db')
+  t.equal(row.db, new URL(urls.c!).pathname.slice(1), 'c got a connection')
+  const open = Object.fromEntries(pools.status().map((s) => [s.datasource, s.open]))
+  t.same({ a: open.a, b: open.b ?? 0, c: open.c }, { a: 1, b: 0, c: 1 }, 'b, used least recently, gave up its connection; a kept its own')
+  t.equal(await serverCount(app), 2, 'the server sees two connections still')
+  t.equal(pools.counts().budget!.evictions, 1)
+})
+
+t.test('a saturated datasource does not starve a quiet one: the waiters are served one datasource after the other', async (t) => {
+  const { datasources } = tagged()
+  const pools = new PoolManager(datasources, { maxConnections: 3, pool: { max: 3 } })
+  t.teardown(() => pools.close())
+  // Twelve workers keep every connection of the budget busy on a, each with queries queued behind.
+  let finishedOnA = 0
+  let stop = false
+  const workers = Array.from({ length: 12 }, async () => {
+    while (!stop) {
+      await run(pools, 'a', 'select pg_sleep(0.01)')
+      finishedOnA++
+    }
+  })
+  while (finishedOnA < 12) await run(pools, 'default', 'select 1').catch(() => {})
+  const before = finishedOnA
+  const [row] = await run(pools, 'b', 'select current_database() as db')
+  const after = finishedOnA
+  stop = true
+  await Promise.all(workers)
+  t.equal(row.db, new URL(urls.b!).pathname.slice(1), 'b was served while a stayed saturated')
+  // FIFO over everything would also serve b; what starvation would look like is b never getting in.
+  t.ok(after - before <= 12 + 3, `b waited behind at most a round of a's queue (${after - before} of a's statements finished meanwhile)`)
+})
+
+t.test('a waiter that gets no room fails with 503 after connectionTimeoutMillis; a removed datasource and close fail theirs', async (t) => {
+  const { datasources } = tagged()
+  const pools = new PoolManager(datasources, { maxConnections: 1, pool: { max: 2, connectionTimeoutMillis: 300 } })
+  t.teardown(() => pools.close())
+  const held = await pools.acquire('a')
+  await t.rejects(pools.acquire('b', 'acme'), { code: 'TENANCY_DATASOURCE_UNAVAILABLE', statusCode: 503, message: /acme/ }, 'the one connection is checked out: b times out')
+  t.equal(pools.counts().budget!.waiting, 0, 'the timed-out waiter left the queue')
+  const waiting = pools.acquire('c')
+  const removed = t.rejects(waiting, { code: 'TENANCY_DATASOURCE_UNAVAILABLE' }, 'the waiter of a removed datasource fails')
+  pools.removeDatasource('c')
+  await removed
+  pools.release(held)
+})
+
+t.test('close() fails the checkouts waiting for room', async (t) => {
+  const { datasources } = tagged()
+  const pools = new PoolManager(datasources, { maxConnections: 1, pool: { max: 2, connectionTimeoutMillis: 10_000 } })
+  const held = await pools.acquire('a')
+  const waiting = pools.acquire('d')
+  const closing = pools.close()
+  await t.rejects(waiting, { code: 'TENANCY_CLOSED' })
+  pools.release(held)
+  await closing
+  t.equal(pools.state, 'ended')
+})
