@@ -2,7 +2,7 @@
 // instance, doctor on a correct set-up and on each broken one, and the
 // progress bar in a pseudo-terminal.
 import t from 'tap'
-import { execFile } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import os from 'node:os'
 import path from 'node:path'
@@ -180,4 +180,22 @@ t.test('migrate down reverts the last migration of the targets named', async (t)
   t.match(down.json.targets, [{ target: 'schema:default.fleet_ok2', status: 'success', applied: [{ migration: '002_course', direction: 'Down' }] }])
   t.same(await query(url, "select 1 from information_schema.tables where table_schema = 'fleet_ok2' and table_name = 'course'"), [], 'its table is gone')
   t.same((await query(url, "select 1 from information_schema.tables where table_schema = 'fleet_ok1' and table_name = 'course'")).length, 1, 'the others keep theirs')
+})
+
+t.test('Ctrl-C: no new instance starts, the running one finishes, exit 130 with what was not reached', async (t) => {
+  await buildCli()
+  await writeFile(path.join(dir, 'slow.mjs'), `export default async ({ instance }) => {
+  process.stderr.write('started ' + instance.name + '\\n')
+  await new Promise((resolve) => setTimeout(resolve, 1500))
+  return instance.id
+}
+`)
+  const child = spawn(process.execPath, [cliBin, 'run', 'slow.mjs', '--json'], { cwd, stdio: ['ignore', 'pipe', 'pipe'] })
+  let stdout = ''
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk })
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => { if (chunk.includes('started')) child.kill('SIGINT') })
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve))
+  t.equal(code, 130)
+  const json = JSON.parse(stdout)
+  t.match(json, { ok: false, interrupted: true, results: [{ instance: '', status: 'success', result: 1 }], notReached: ['ok1', 'bad', 'ok2'] })
 })
