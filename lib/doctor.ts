@@ -65,6 +65,8 @@ export interface DoctorSettings {
   readonly datasources: Readonly<Record<string, DatasourceConfig>>
   readonly rls?: boolean
   readonly maxPools?: number
+  /** The connection budget over all datasources, when set. */
+  readonly maxConnections?: number
   readonly pool?: PoolSettings
   readonly migrations?: object
   /** The instance store's listening connection: counted in the connection budget. */
@@ -281,16 +283,17 @@ export async function doctor (subject: DoctorSubject, options: DoctorOptions = {
   }))
   const found = findings.flat()
   for (const [server, { limit, pools }] of servers) {
-    const maxPools = settings.maxPools ?? 10
-    // The pools open at once are at most maxPools, the largest ones in the worst case.
-    const open = pools.sort((a, b) => b - a).slice(0, maxPools).reduce((sum, max) => sum + max, 0)
+    const maxPools = settings.maxPools ?? (settings.maxConnections === undefined ? 10 : Infinity)
+    // The pools open at once are at most maxPools, the largest ones in the worst case; maxConnections caps them all.
+    const open = Math.min(pools.sort((a, b) => b - a).slice(0, maxPools).reduce((sum, max) => sum + max, 0), settings.maxConnections ?? Infinity)
     const budget = open + (settings.listens === true ? 1 : 0)
     if (budget > limit) {
+      const how = settings.maxConnections !== undefined && open === settings.maxConnections ? `maxConnections ${open}` : `${Math.min(maxPools, pools.length)} pools of up to ${pools.join(', ')}`
       found.push({
         code: 'connections-over-limit',
         target: `server:${server}`,
-        message: `This process may open ${budget} connections on the server ${server} (${Math.min(maxPools, pools.length)} pools of up to ${pools.join(', ')}${settings.listens === true ? ', and the store\'s listening connection' : ''}), more than its max_connections of ${limit}.`,
-        fix: 'Lower maxPools or pool.max, or raise max_connections; leave room for every other process as well.',
+        message: `This process may open ${budget} connections on the server ${server} (${how}${settings.listens === true ? ', and the store\'s listening connection' : ''}), more than its max_connections of ${limit}.`,
+        fix: 'Lower maxConnections, maxPools or pool.max, or raise max_connections; leave room for every other process as well.',
       })
     }
   }
