@@ -46,7 +46,8 @@ const db = tenancy.kysely<DB>()
 
 /** A started pg-boss on the test database, stopped when `t` ends. */
 async function startBoss (t: Test, options: Record<string, unknown> = {}): Promise<PgBoss> {
-  const boss = new PgBoss({ connectionString: url, schedule: false, supervise: false, ...options })
+  // pg-boss waits 10 s for one of its 10 connections by default: a loaded CI machine sending 1,000 jobs at once needs longer.
+  const boss = new PgBoss({ connectionString: url, schedule: false, supervise: false, connectionTimeoutMillis: 120_000, ...options })
   boss.on('error', () => {})
   await boss.start()
   t.teardown(() => boss.stop({ graceful: false }))
