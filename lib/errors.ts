@@ -93,7 +93,7 @@ export const MismatchError = define('TENANCY_MISMATCH', 500, '%s')
 export const RawSqlError = define('TENANCY_RAW_SQL', 500,
   'A raw SQL statement names the tenant table %s; raw statements cannot be confined to an instance. Use the query builder, or unscoped() with an explicit iid.')
 
-/** 500: a statement on a tenant table cannot be confined to an instance (MERGE), so it is refused. */
+/** 500: a statement on a tenant table cannot be confined to an instance (MERGE), or may change the session under PgBouncer's transaction pooling, so it is refused. */
 export const UnsupportedStatementError = define('TENANCY_UNSUPPORTED_STATEMENT', 500, '%s')
 
 /** 500: a query names a table that table discovery did not see: it may hold instance rows. */
@@ -107,7 +107,7 @@ export const DatasourceUnavailableError = define('TENANCY_DATASOURCE_UNAVAILABLE
 /** 500: the tenancy was closed; its Kysely and pools cannot be used any more. */
 export const ClosedError = define('TENANCY_CLOSED', 500, 'The tenancy has been closed: %s')
 
-/** 500: a connection's session (schema, role, settings) could not be prepared for its instance; the connection was discarded. */
+/** 500: a connection's session (schema, role, settings) could not be prepared for its instance; the connection was discarded (under PgBouncer's transaction pooling, a transaction's set-up failed and was rolled back). */
 export const SessionError = define('TENANCY_SESSION_FAILED', 500, '%s')
 
 /** 500: a named export (`runAsInstance`, `runAsHost`, `unscoped`) was called outside any tenancy's context. */
@@ -120,6 +120,9 @@ export const InvalidJobError = define('TENANCY_INVALID_JOB', 500,
 
 /** 500, at start-up: the options given to createTenancy or the plugin are not valid. */
 export const InvalidOptionsError = define('TENANCY_INVALID_OPTIONS', 500, 'Invalid tenancy options: %s')
+
+/** 500, at start-up with `doctor: 'throw'`: the set-up check found problems; `findings` lists them. */
+export const DoctorError = define('TENANCY_DOCTOR_FINDINGS', 500, 'The set-up check (doctor) found problems: %s')
 
 /** Every error class, by code: the README's error table is checked against it. */
 export const errorClasses = {
@@ -142,4 +145,5 @@ export const errorClasses = {
   TENANCY_NO_TENANCY: NoTenancyError,
   TENANCY_INVALID_JOB: InvalidJobError,
   TENANCY_INVALID_OPTIONS: InvalidOptionsError,
+  TENANCY_DOCTOR_FINDINGS: DoctorError,
 } as const

@@ -7,7 +7,7 @@ export {
   InvalidInstanceNameError, InstanceRequiredError, UnknownInstanceError, InstanceDisabledError,
   InstanceNameCollisionError, InstanceExistsError, InstanceNotReadyError, InstanceForbiddenError, InvalidJobError,
   NoContextError, HostContextError, MismatchError, RawSqlError, UnsupportedStatementError, UnknownTableError,
-  DatasourceUnavailableError, ClosedError, SessionError, NoTenancyError, InvalidOptionsError,
+  DatasourceUnavailableError, ClosedError, SessionError, NoTenancyError, InvalidOptionsError, DoctorError,
 } from './errors.js'
 
 export { runAsInstance, runAsHost, unscoped, currentInstance, currentContext } from './context.js'
@@ -15,6 +15,9 @@ export type { ContextKind, ContextOwner, TenancyContext } from './context.js'
 
 export { Tenancy, createTenancy } from './tenancy.js'
 export type { TenancyOptions } from './tenancy.js'
+
+export { doctor } from './doctor.js'
+export type { DoctorCode, DoctorFinding, DoctorOptions, DoctorSettings, DoctorSubject } from './doctor.js'
 
 export { isValidInstanceName, instanceIdentifier } from './instances/instance.js'
 export type { Instance, InstanceConfig, InstanceMode, InstanceName, InstanceRecord, InstanceState } from './instances/instance.js'

@@ -1,6 +1,6 @@
 import { Kysely, PostgresDialect } from 'kysely'
 import { contextOf, enterContext, type ContextOwner, type TenancyContext } from './context.js'
-import { ClosedError, InvalidOptionsError } from './errors.js'
+import { ClosedError, DoctorError, InvalidOptionsError } from './errors.js'
 import { type Instance, type InstanceConfig, type InstanceName } from './instances/instance.js'
 import { InstanceRegistry, requireInstance, type InstanceStore } from './instances/instance-registry.js'
 import { DatabaseStore } from './instances/database-store.js'
@@ -17,6 +17,7 @@ import { instanceJobs, type InstanceJobs } from './jobs/instance-jobs.js'
 import type { PgBoss } from 'pg-boss'
 import { FleetMigrator, type FleetMigrateOptions, type MigrationReport, type MigrationsOption, type MigrationStatusOptions, type TargetMigrationState } from './lifecycle/fleet-migrator.js'
 import { InstanceLifecycle, type CreateInstanceInput, type CreatedInstance, type InstancePatch, type ProvisionContext, type RemoveInstanceOptions, type TenancyEvents } from './lifecycle/instance-lifecycle.js'
+import { doctor, warnFindings, type DoctorSettings } from './doctor.js'
 
 /** Options of {@link createTenancy}. */
 export interface TenancyOptions {
@@ -135,6 +136,17 @@ export interface TenancyOptions {
    * Defaults to `false` (direct connections).
    */
   pgbouncer?: 'session' | 'transaction' | false
+  /**
+   * Checks the set-up at start-up with {@link doctor}: one catalog statement
+   * on the `default` datasource and on each datasource of schema instances
+   * (isolated instances' databases and pending migrations are left to
+   * `fastify-tenancy doctor`):
+   * `'warn'` emits each finding once per process as a process warning
+   * (`TenancyDoctorWarning`), `'throw'` makes `createTenancy` throw
+   * `TENANCY_DOCTOR_FINDINGS` listing them, `false` skips the check.
+   * Defaults to `'warn'`.
+   */
+  doctor?: 'warn' | 'throw' | false
 }
 
 // Under transaction pooling each transaction may run in another server
@@ -171,10 +183,14 @@ export class Tenancy implements ContextOwner {
   readonly #discoversTables: boolean
   readonly #lifecycle: InstanceLifecycle
   readonly #transactionPooling: boolean
+  readonly #doctorSettings: DoctorSettings
 
   /** @internal use {@link createTenancy} */
   constructor (options: TenancyOptions) {
     if (options === null || typeof options !== 'object') throw new InvalidOptionsError('createTenancy needs an options object')
+    if (options.doctor !== undefined && options.doctor !== 'warn' && options.doctor !== 'throw' && options.doctor !== false) {
+      throw new InvalidOptionsError(`doctor must be "warn", "throw" or false, not ${JSON.stringify(options.doctor)}`)
+    }
     this.#pools = new PoolManager(options.datasources, { maxPools: options.maxPools, maxConnections: options.maxConnections, poolIdleTimeoutMillis: options.poolIdleTimeoutMillis, pool: options.pool })
     if (options.settings !== undefined && typeof options.settings !== 'function') throw new InvalidOptionsError('settings must be a function of the context that returns the session settings')
     for (const flag of ['strict', 'rls', 'watchTables'] as const) {
@@ -193,6 +209,10 @@ export class Tenancy implements ContextOwner {
     this.tenantColumn = tenantColumn(options.tenantColumn)
     this.#migrator = new FleetMigrator(options)
     this.#discoversTables = options.tables === undefined
+    this.#doctorSettings = Object.freeze({
+      datasources: options.datasources, rls: options.rls === true, maxPools: options.maxPools, maxConnections: options.maxConnections, pool: options.pool,
+      migrations: options.migrations?.instance ?? options.migrations?.host, listens: isStore(options.instances) && !(this.instances instanceof InstanceRegistry),
+    })
     this.#lifecycle = new InstanceLifecycle({
       pools: this.#pools,
       tenantTables: () => this.#tenantTables,
@@ -213,6 +233,11 @@ export class Tenancy implements ContextOwner {
       },
       instanceReady: () => { if (this.#discoversTables && !this.#closed) this.discoverTables().catch(() => {}) },
     }, options)
+  }
+
+  /** @internal What {@link doctor} reads of the options. */
+  get doctorSettings (): DoctorSettings {
+    return this.#doctorSettings
   }
 
   /** @internal The pool manager, for the routing driver and tests. */
@@ -459,6 +484,14 @@ export async function createTenancy (options: TenancyOptions): Promise<Tenancy> 
   try {
     await tenancy.openInstances()
     await tenancy.prepareTenantFilter(options)
+    const mode = options.doctor ?? 'warn'
+    if (mode !== false) {
+      const findings = await doctor(tenancy, { migrations: false, isolated: false })
+      if (mode === 'throw' && findings.length > 0) {
+        throw Object.assign(new DoctorError(findings.map((finding) => `${finding.message} ${finding.fix}`).join(' ')), { findings })
+      }
+      warnFindings(findings)
+    }
   } catch (err) {
     await tenancy.close()
     throw err
