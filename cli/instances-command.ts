@@ -91,7 +91,8 @@ export function instancesCommand (program: Command): void {
     })
 
   instances.command('create').description('create and provision an instance (a databaseStore is needed)').argument('<name>', 'its name')
-    .option('--mode <mode>', 'shared, schema or isolated', 'shared')
+    .option('--mode <mode>', 'shared, schema or isolated (default: shared, or the template\'s with --from)')
+    .option('--from <template>', 'a copy of this schema or isolated instance: its rows, sequences and migration state')
     .option('--title <title>', 'display title (default: the name)')
     .option('--config-json <json>', 'its config, a JSON object')
     .option('--password <password>', "the administrator's initial password (default: generated, printed once)")
@@ -102,9 +103,10 @@ export function instancesCommand (program: Command): void {
     .option('--database <database>', 'isolated mode: the database (default: tenant_<name>)')
     .action(async (name: string, options: Record<string, string | boolean | undefined>, command: Command) => {
       const out = new Output(globals(command))
-      const mode = options.mode as string
-      if (!['shared', 'schema', 'isolated'].includes(mode)) throw new CliError(`--mode must be shared, schema or isolated, not ${quote(mode)}.`, EXIT.usage)
-      const input: CreateInstanceInput = { name, mode: mode as InstanceMode }
+      const mode = (options.mode ?? (options.from === undefined ? 'shared' : undefined)) as string | undefined
+      if (mode !== undefined && !['shared', 'schema', 'isolated'].includes(mode)) throw new CliError(`--mode must be shared, schema or isolated, not ${quote(mode)}.`, EXIT.usage)
+      const input: CreateInstanceInput = { name, ...(mode === undefined ? {} : { mode: mode as InstanceMode }) }
+      if (options.from !== undefined) input.from = options.from as string
       if (options.title !== undefined) input.title = options.title as string
       if (options.configJson !== undefined) input.config = parseConfig(options.configJson as string)
       if (options.password !== undefined) input.password = options.password as string

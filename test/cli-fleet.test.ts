@@ -29,7 +29,7 @@ export default () => {
       },
     },
   }
-  if (stage === '2') {
+  if (stage === '2' || stage === '3') {
     migrations['002_course'] = {
       up: async (db) => {
         const { schema } = await db.selectNoFrom((eb) => eb.fn('current_schema', []).as('schema')).executeTakeFirstOrThrow()
@@ -38,6 +38,15 @@ export default () => {
         await db.schema.createIndex('course_iid').on('course').column('iid').execute()
       },
       down: async (db) => { await db.schema.dropTable('course').execute() },
+    }
+  }
+  if (stage === '3') {
+    migrations['003_slow'] = {
+      up: async (db) => {
+        process.stderr.write('started 003\\n')
+        await new Promise((resolve) => setTimeout(resolve, 1500))
+        await db.schema.createTable('slow_mark').addColumn('id', 'integer').execute()
+      },
     }
   }
   const instances = [
@@ -198,4 +207,24 @@ t.test('Ctrl-C: no new instance starts, the running one finishes, exit 130 with 
   t.equal(code, 130)
   const json = JSON.parse(stdout)
   t.match(json, { ok: false, interrupted: true, results: [{ instance: '', status: 'success', result: 1 }], notReached: ['ok1', 'bad', 'ok2'] })
+})
+
+t.test('Ctrl-C during migrate: the running target finishes its migration, no other starts, exit 130', async (t) => {
+  await buildCli()
+  const child = spawn(process.execPath, [cliBin, 'migrate', '--concurrency', '1', '--json'], { cwd, env: { ...process.env, CLI_STAGE: '3' }, stdio: ['ignore', 'pipe', 'pipe'] })
+  let stdout = ''
+  let signalled = false
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => { stdout += chunk })
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => {
+    if (!signalled && chunk.includes('started 003')) { signalled = true; child.kill('SIGINT') }
+  })
+  const code = await new Promise<number | null>((resolve) => child.on('close', resolve))
+  t.equal(code, 130)
+  const json = JSON.parse(stdout)
+  t.match(json, { ok: false, interrupted: true })
+  const first = json.targets[0]
+  t.match(first, { status: 'success', applied: [{ migration: '003_slow', direction: 'Up' }] }, 'the running target finished its migration')
+  t.ok(json.notReached.length >= 1, `targets not reached: ${JSON.stringify(json.notReached)}`)
+  const marked = await query<{ s: string }>(url, "select table_schema as s from information_schema.tables where table_name = 'slow_mark' order by 1")
+  t.equal(marked.length, 1, `only the running target got the migration (${marked.map((m) => m.s).join(', ')})`)
 })

@@ -62,6 +62,17 @@ t.test('instances create in each mode, then list --json', async (t) => {
   t.match(again.stderr, /^TENANCY_INSTANCE_EXISTS: /)
 })
 
+t.test('instances create --from hands the template to createInstance', async (t) => {
+  // This config has no instance migrations, which a schema clone is made with: createInstance says so (test/instance-clone.test.ts clones for real).
+  const copy = await cli(['instances', 'create', 'globex-copy', '--from', 'globex'], { cwd })
+  t.equal(copy.code, 2, 'refused as an options error')
+  t.match(copy.stderr, /TENANCY_INVALID_OPTIONS: .*cannot clone the template "globex"/)
+  t.equal((await query(url, 'select 1 from pg_namespace where nspname = $1', [`${prefix}globex-copy`])).length, 0, 'nothing was created')
+  const unknown = await cli(['instances', 'create', 'other-copy', '--from', 'no-such-template'], { cwd })
+  t.equal(unknown.code, 1)
+  t.match(unknown.stderr, /TENANCY_UNKNOWN_INSTANCE/)
+})
+
 t.test('show, update, disable, enable', async (t) => {
   const shown = await cliJson(['instances', 'show', 'acme'], { cwd })
   t.match(shown.json, { instance: { name: 'acme', disabled: false } })

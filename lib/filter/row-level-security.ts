@@ -84,9 +84,10 @@ function qualified (key: string): string {
  * // alter table "student" enable row level security
  * // alter table "student" force row level security
  * // drop policy if exists "tenancy_instance" on "student"
- * // create policy "tenancy_instance" on "student" using ((select current_setting('tenancy.iid', true)) = '*' or "iid" =
- * //   (select case when current_setting('tenancy.iid', true) ~ '^[0-9]+$' then current_setting('tenancy.iid', true)::bigint end))
- * //   with check (…the same…)
+ * // create policy "tenancy_instance" on "student" using ("iid" >= (select case when current_setting('tenancy.iid', true) = '*'
+ * //   then '-9223372036854775808'::bigint when current_setting('tenancy.iid', true) ~ '^[0-9]+$' then current_setting('tenancy.iid', true)::bigint end)
+ * //   and "iid" <= (…the same with '9223372036854775807'::bigint…)) with check (…the same…)
+ * // a `may` table adds: or ("iid" is null and (select current_setting('tenancy.iid', true)) in ('host', '*'))
  * // alter view "student_names" set (security_invoker = true)
  * ```
  */
@@ -98,9 +99,17 @@ export function rowLevelSecurityStatements (tables: TenantTables | TenantTablesO
   // Each value is a scalar subquery so that PostgreSQL computes it once per
   // statement (an InitPlan), not once per row.
   const setting = `(select ${raw})`
-  // '' after a transaction-local reset and 'host' / '*' are not numbers: the
-  // CASE keeps the cast from failing, and NULL matches no row.
-  const id = `(select case when ${raw} ~ '^[0-9]+$' then ${raw}::bigint end)`
+  // The instance's rows are one range of the tenant column: [id, id] in an
+  // instance, everything in `unscoped` ('*'), nothing otherwise ('' after a
+  // transaction-local reset, 'host', no setting: NULL bounds match no row).
+  // A range, not `= '*' or iid = id`: PostgreSQL uses both bounds as index
+  // conditions on iid and estimates them as one narrow range, where the OR
+  // kept iid out of the index conditions of raw SQL and made join plans
+  // worse. The CASE keeps the cast from failing on a value that is no number.
+  const bound = (all: string): string => `(select case when ${raw} = '*' then ${all} when ${raw} ~ '^[0-9]+$' then ${raw}::bigint end)`
+  // Quoted: an unquoted -9223372036854775808 is numeric, which would turn every comparison numeric and unindexed.
+  const low = bound(`'-9223372036854775808'::bigint`)
+  const high = bound(`'9223372036854775807'::bigint`)
   const statements: string[] = []
   for (const [key, entry] of Object.entries(list.toJSON())) {
     const table = qualified(key)
@@ -111,9 +120,11 @@ export function rowLevelSecurityStatements (tables: TenantTables | TenantTablesO
       continue
     }
     if (relation !== 'table') continue
+    const name = pg.escapeIdentifier(column)
+    const range = `${name} >= ${low} and ${name} <= ${high}`
     const rule = kind === 'must'
-      ? `${setting} = '*' or ${pg.escapeIdentifier(column)} = ${id}`
-      : `${setting} = '*' or ${pg.escapeIdentifier(column)} = ${id} or (${pg.escapeIdentifier(column)} is null and ${setting} = 'host')`
+      ? range
+      : `${range} or (${name} is null and ${setting} in ('host', '*'))`
     statements.push(
       `alter table ${table} enable row level security`,
       `alter table ${table} force row level security`,
