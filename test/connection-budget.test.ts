@@ -130,3 +130,17 @@ t.test('close() fails the checkouts waiting for room', async (t) => {
   await closing
   t.equal(pools.state, 'ended')
 })
+
+t.test('removing a datasource nobody waits for leaves the waiters of the others in place', async (t) => {
+  const { datasources } = tagged()
+  const pools = new PoolManager(datasources, { maxConnections: 1, pool: { max: 1, connectionTimeoutMillis: 10_000 } })
+  t.teardown(() => pools.close())
+  const held = await pools.acquire('a')
+  const waiting = pools.acquire('b')
+  pools.removeDatasource('c')
+  t.equal(pools.counts().budget!.waiting, 1, 'b still waits')
+  pools.release(held)
+  const lease = await waiting
+  t.equal((await lease.client.query('select current_database() as db')).rows[0].db, new URL(urls.b!).pathname.slice(1), 'and is served once a gives its connection back')
+  pools.release(lease)
+})
