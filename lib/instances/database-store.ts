@@ -124,17 +124,18 @@ export function isConnectionLoss (err: unknown): boolean {
  * connection's login: a pooled connection may still carry the role an
  * instance's checkout set, and `SET LOCAL ROLE NONE` sets it aside until the
  * transaction ends, so the session is as the routing pool left it. A lost or
- * unreachable database is 503 `TENANCY_DATASOURCE_UNAVAILABLE`.
+ * unreachable database is 503 `TENANCY_DATASOURCE_UNAVAILABLE`. `isolation`
+ * is the transaction's isolation level. Defaults to the server's.
  *
  * ```sql
  * begin; set local role none; …work…; commit
  * ```
  */
-export async function asLogin<T> (pools: PoolManager, datasource: string, label: string, work: (client: pg.PoolClient) => Promise<T>): Promise<T> {
+export async function asLogin<T> (pools: PoolManager, datasource: string, label: string, work: (client: pg.PoolClient) => Promise<T>, isolation?: 'repeatable read' | 'serializable'): Promise<T> {
   const lease = await pools.acquire(datasource, label)
   let broken = false
   try {
-    await lease.client.query('begin; set local role none')
+    await lease.client.query(`begin${isolation === undefined ? '' : ` isolation level ${isolation}`}; set local role none`)
     const result = await work(lease.client)
     await lease.client.query('commit')
     return result

@@ -7,7 +7,7 @@ import {
 } from '../errors.js'
 import { SAFE_IDENTIFIER, instanceIdentifier, isValidInstanceName, type Instance, type InstanceMode } from '../instances/instance.js'
 import type { InstanceStore } from '../instances/instance-registry.js'
-import { DatabaseStore, asLogin, isConnectionLoss, serverDatasource, type NewStoredInstance, type StoreChange, type StoredInstance } from '../instances/database-store.js'
+import { DatabaseStore, asLogin, serverDatasource, type NewStoredInstance, type StoreChange, type StoredInstance } from '../instances/database-store.js'
 import type { TenantTables } from '../filter/tenant-tables.js'
 import { DEFAULT_POOL_SETTINGS, type DatasourceConfig, type PoolManager, type PoolSettings } from '../routing/pool-manager.js'
 import { dropDatabase, dropRole, dropSchema, ensureDatabase, ensureRole, ensureSchema, generatePassword, grantSchema, markerOf } from './provision.js'
@@ -496,24 +496,10 @@ export class InstanceLifecycle {
    * where this library's row-level security policies let every row through.
    */
   async #inSnapshot (datasource: string, label: string, work: (client: pg.PoolClient) => Promise<void>): Promise<void> {
-    const pools = this.#host.pools
-    const lease = await pools.acquire(datasource, label)
-    let broken = false
-    try {
-      await lease.client.query('begin isolation level repeatable read; set local role none')
-      await lease.client.query('select set_config($1, \'*\', true)', [RLS_SETTING])
-      await work(lease.client)
-      await lease.client.query('commit')
-    } catch (err) {
-      if (isConnectionLoss(err)) {
-        broken = true
-        throw Object.assign(new DatasourceUnavailableError(quote(label)), { cause: err })
-      }
-      await lease.client.query('rollback').catch(() => { broken = true })
-      throw err
-    } finally {
-      pools.release(lease, broken)
-    }
+    await asLogin(this.#host.pools, datasource, label, async (client) => {
+      await client.query('select set_config($1, \'*\', true)', [RLS_SETTING])
+      await work(client)
+    }, 'repeatable read')
   }
 
   /** Closes this process's pool of an isolated template, which stays a datasource: its next query opens a new one. */
