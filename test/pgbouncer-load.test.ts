@@ -6,20 +6,13 @@
 import t, { type Test as Tap } from 'tap'
 import { sql, type Kysely } from 'kysely'
 import { createTenancy, type Tenancy } from '../lib/index.js'
-import { pgbouncerFixture, startBouncer } from './helpers/pgbouncer-fixture.js'
+import { TABLES as tables, pgbouncerFixture, startBouncer } from './helpers/pgbouncer-fixture.js'
 import type { TenantDB } from './helpers/tenant-schema.js'
 import type { PgBouncer } from '../scripts/pgbouncer.js'
 
 const fixture = await pgbouncerFixture(t, 'pgbouncer_load')
-const tables = { student: 'must', course: 'must', role: 'may', tag: 'must' } as const
-const [isoA, isoB] = fixture.isolated as [typeof fixture.isolated[0], typeof fixture.isolated[0]]
-const shared = [{ name: 'a', id: 1 }, { name: 'b', id: 2 }, { name: 'c', id: 3 }]
-const isolated = [{ name: 'isoA', id: 1000, isolate: true, isolateClient: 'isoA' }, { name: 'isoB', id: 1001, isolate: true, isolateClient: 'isoB' }]
-const schemas = [
-  { name: 'left', id: 11, schema: 'pgb_left' },
-  { name: 'right', id: 12, schema: 'pgb_right' },
-  { name: 'roled', id: 13, schema: 'pgb_roled', role: fixture.schemaRole },
-]
+const [isoA, isoB] = fixture.isolated
+const { shared, isolated, schemas } = fixture.instances
 const WORKERS = 12
 const ROUNDS = 30
 

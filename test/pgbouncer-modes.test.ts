@@ -6,22 +6,15 @@ import t from 'tap'
 import { Kysely, PostgresDialect, sql } from 'kysely'
 import { createTenancy, databaseStore, RoutingPool, type Instance, type InstanceStore } from '../lib/index.js'
 import { WholeCursor } from './helpers/whole-cursor.js'
-import { pgbouncerFixture, startBouncer } from './helpers/pgbouncer-fixture.js'
+import { TABLES as tables, pgbouncerFixture, startBouncer } from './helpers/pgbouncer-fixture.js'
 import { query } from './helpers/database.js'
 import type { TenantDB } from './helpers/tenant-schema.js'
 
 const fixture = await pgbouncerFixture(t, 'pgbouncer_modes')
 const session = await startBouncer(t, 'session', 4, [fixture.app])
 const transaction = await startBouncer(t, 'transaction', 2, [fixture.app])
-const tables = { student: 'must', course: 'must', role: 'may', tag: 'must' } as const
-const [isoA, isoB] = fixture.isolated as [typeof fixture.isolated[0], typeof fixture.isolated[0]]
-const shared = [{ name: 'a', id: 1 }, { name: 'b', id: 2 }, { name: 'c', id: 3 }]
-const isolated = [{ name: 'isoA', id: 1000, isolate: true, isolateClient: 'isoA' }, { name: 'isoB', id: 1001, isolate: true, isolateClient: 'isoB' }]
-const schemas = [
-  { name: 'left', id: 11, schema: 'pgb_left' },
-  { name: 'right', id: 12, schema: 'pgb_right' },
-  { name: 'roled', id: 13, schema: 'pgb_roled', role: fixture.schemaRole },
-]
+const [isoA, isoB] = fixture.isolated
+const { shared, isolated, schemas } = fixture.instances
 
 interface Seen { name: string, iid: number, schema: string, setting: string | null, database: string, login: string }
 const seen = (db: Kysely<TenantDB>): Promise<Seen[]> => db.selectFrom('student').select(['name', 'iid',
