@@ -1,8 +1,10 @@
 // The PostgreSQL a benchmark runs on: DATABASE_URL, or an embedded server
-// started for the run (data in .data/, removed afterwards).
+// started for the run (data in .data/, removed afterwards); the fleet of
+// isolated and shared item databases that the pool benchmarks read; median.
 import path from 'node:path'
 import { fileURLToPath, pathToFileURL } from 'node:url'
 import { rm } from 'node:fs/promises'
+import { randomBytes } from 'node:crypto'
 import pg from 'pg'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
@@ -42,4 +44,71 @@ export async function run (url: string, text: string): Promise<void> {
   const client = new pg.Client({ connectionString: url })
   await client.connect()
   try { await client.query(text) } finally { await client.end() }
+}
+
+/** The middle of `values` (the upper middle of an even count). */
+export function median (values: number[]): number {
+  const sorted = [...values].sort((a, b) => a - b)
+  return sorted[Math.floor(sorted.length / 2)]!
+}
+
+/** The databases of {@link createItemFleet} and the instances over them. */
+export interface ItemFleet {
+  /** The isolated databases, `<label>_0` … `<label>_<n-1>`. */
+  readonly databases: string[]
+  /** The shared database: every instance's rows in one `item` table. */
+  readonly sharedUrl: string
+  /** Instance `t<i>`, id `1000 + i`, has its rows in database i. */
+  readonly names: string[]
+  readonly ids: number[]
+  /** `default` (the shared database) and `d<i>` for database i. */
+  readonly datasources: Record<string, string>
+  /** The host instance and `t<i>` isolated on `d<i>`. */
+  readonly isolatedInstances: Array<{ name: string, id: number, isolate?: true, isolateClient?: string }>
+  /** The host instance and `t<i>` as shared instances of `default`. */
+  readonly sharedInstances: Array<{ name: string, id: number }>
+  /** Drops every database of the fleet. */
+  drop (): Promise<void>
+}
+
+/**
+ * `n` isolated databases, each a copy of one template with a table
+ * `item (id, iid, v)` of ten rows of its instance, and one shared database
+ * with the same rows of all `n` instances: the same reads can then run on
+ * isolated and on shared instances.
+ */
+export async function createItemFleet (url: string, label: string, n: number): Promise<ItemFleet> {
+  const prefix = `${label}_${randomBytes(3).toString('hex')}`
+  const databases = Array.from({ length: n }, (_, i) => `${prefix}_${i}`)
+  const all = [...databases, `${prefix}_tpl`, `${prefix}_shared`]
+  const drop = async (): Promise<void> => {
+    for (const name of all) await run(url, `drop database if exists ${name} with (force)`).catch(() => {})
+  }
+  const table = 'create table item (id serial primary key, iid int not null, v int not null)'
+  const sharedUrl = withDatabase(url, `${prefix}_shared`)
+  try {
+    await run(url, `create database ${prefix}_tpl`)
+    await run(withDatabase(url, `${prefix}_tpl`), `${table}; create index on item (iid, v); insert into item (iid, v) select 0, n from generate_series(1, 10) n`)
+    for (const name of databases) await run(url, `create database ${name} template ${prefix}_tpl`)
+    for (let i = 0; i < n; i++) await run(withDatabase(url, databases[i]!), `update item set iid = ${1000 + i}`)
+    await run(url, `create database ${prefix}_shared`)
+    await run(sharedUrl, `${table}; insert into item (iid, v) select 1000 + i, n from generate_series(0, ${n - 1}) i, generate_series(1, 10) n; create index on item (iid, v)`)
+  } catch (err) {
+    await drop()
+    throw err
+  }
+  const names = databases.map((_, i) => `t${i}`)
+  const ids = databases.map((_, i) => 1000 + i)
+  const datasources: Record<string, string> = { default: sharedUrl }
+  databases.forEach((name, i) => { datasources[`d${i}`] = withDatabase(url, name) })
+  return {
+    databases,
+    sharedUrl,
+    names,
+    ids,
+    datasources,
+    isolatedInstances: [{ name: '', id: 1 }, ...names.map((name, i) => ({ name, id: ids[i]!, isolate: true as const, isolateClient: `d${i}` }))],
+    sharedInstances: [{ name: '', id: 1 }, ...names.map((name, i) => ({ name, id: ids[i]! }))],
+    drop,
+  }
 }

@@ -16,10 +16,9 @@
 //   npm run bench:budget     # BENCH_INSTANCES=200 BENCH_BUDGETS=40,80 BENCH_OPS=6000 BENCH_CONCURRENCY=32 BENCH_ROUNDS=3
 // Uses DATABASE_URL when set, otherwise starts an embedded PostgreSQL in .data/.
 import os from 'node:os'
-import { randomBytes } from 'node:crypto'
 import pg from 'pg'
 import { createTenancy, type Tenancy } from '../lib/index.js'
-import { benchServer, run, withDatabase } from './bench-database.js'
+import { benchServer, createItemFleet, median, withDatabase, type ItemFleet } from './bench-database.js'
 
 const N = Number(process.env.BENCH_INSTANCES ?? 200)
 const BUDGETS = (process.env.BENCH_BUDGETS ?? '40,80').split(',').map(Number)
@@ -29,11 +28,6 @@ const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 3)
 const POOL_MAX = 2
 
 interface DB { item: { id: number, iid: number, v: number } }
-
-function median (values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b)
-  return sorted[Math.floor(sorted.length / 2)]!
-}
 
 type Distribution = 'zipf' | 'uniform'
 
@@ -101,24 +95,10 @@ async function connectRate (urls: string[], parallel: number, total: number): Pr
 async function main (): Promise<void> {
   const server = await benchServer('bench-budget')
   const url = server.url
-  const prefix = `budget_${randomBytes(3).toString('hex')}`
-  const databases = Array.from({ length: N }, (_, i) => `${prefix}_${i}`)
-  const table = 'create table item (id serial primary key, iid int not null, v int not null)'
+  let fleet: ItemFleet | undefined
   try {
-    await run(url, `create database ${prefix}_tpl`)
-    await run(withDatabase(url, `${prefix}_tpl`), `${table}; create index on item (iid, v); insert into item (iid, v) select 0, n from generate_series(1, 10) n`)
-    for (const name of databases) await run(url, `create database ${name} template ${prefix}_tpl`)
-    for (let i = 0; i < N; i++) await run(withDatabase(url, databases[i]!), `update item set iid = ${1000 + i}`)
-    await run(url, `create database ${prefix}_shared`)
-    const sharedUrl = withDatabase(url, `${prefix}_shared`)
-    await run(sharedUrl, `${table}; insert into item (iid, v) select 1000 + i, n from generate_series(0, ${N - 1}) i, generate_series(1, 10) n; create index on item (iid, v)`)
-
-    const names = databases.map((_, i) => `t${i}`)
-    const ids = databases.map((_, i) => 1000 + i)
-    const datasources: Record<string, string> = { default: sharedUrl }
-    databases.forEach((name, i) => { datasources[`d${i}`] = withDatabase(url, name) })
-    const isolatedInstances = [{ name: '', id: 1 }, ...names.map((name, i) => ({ name, id: ids[i]!, isolate: true, isolateClient: `d${i}` }))]
-    const sharedInstances = [{ name: '', id: 1 }, ...names.map((name, i) => ({ name, id: ids[i]! }))]
+    fleet = await createItemFleet(url, 'budget', N)
+    const { databases, sharedUrl, names, ids, datasources, isolatedInstances, sharedInstances } = fleet
     const pool = { max: POOL_MAX, connectionTimeoutMillis: 120_000, idleTimeoutMillis: 120_000 }
     const make = async (variant: string, budget: number): Promise<Tenancy> => {
       if (variant === 'shared') return await createTenancy({ instances: sharedInstances, datasources: { default: sharedUrl }, tables: { item: 'must' }, pool: { ...pool, max: budget } })
@@ -167,7 +147,7 @@ async function main (): Promise<void> {
       }
     }
   } finally {
-    for (const name of [...databases, `${prefix}_tpl`, `${prefix}_shared`]) await run(url, `drop database if exists ${name} with (force)`).catch(() => {})
+    await fleet?.drop()
     await server.stop()
   }
 }

@@ -20,7 +20,7 @@ import pg from 'pg'
 import { PgBoss, type Job } from 'pg-boss'
 import { createTenancy, type Tenancy } from '../lib/index.js'
 import { runWrappedJob, wrapJobData } from '../lib/jobs/job-context.js'
-import { benchServer, run, withDatabase } from './bench-database.js'
+import { benchServer, median, run, withDatabase } from './bench-database.js'
 
 const JOBS = Number(process.env.BENCH_JOBS ?? 4000)
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
@@ -28,11 +28,6 @@ const SENDERS = Number(process.env.BENCH_SENDERS ?? 16)
 const INSTANCES = 20
 const WORK = { batchSize: 50, localConcurrency: 4, burstWhenBatchFull: true, pollingIntervalSeconds: 0.5 }
 
-
-function median (values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b)
-  return sorted[Math.floor(sorted.length / 2)]!
-}
 
 /** The instance of job `n`: interleaved, so consecutive jobs belong to different instances. */
 const instanceOf = (n: number): number => (n * 7) % INSTANCES + 1

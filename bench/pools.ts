@@ -19,11 +19,10 @@
 //
 //   npm run bench:pools        # BENCH_INSTANCES=50 BENCH_MAX_POOLS=10 BENCH_OPS=4000 BENCH_CONCURRENCY=32 BENCH_ROUNDS=3
 // Uses DATABASE_URL when set, otherwise starts an embedded PostgreSQL in .data/.
-import { randomBytes } from 'node:crypto'
 import { sql } from 'kysely'
 import { createTenancy, SessionState, type Tenancy } from '../lib/index.js'
 import { changesSession } from '../lib/routing/session-state.js'
-import { benchServer, run, withDatabase } from './bench-database.js'
+import { benchServer, createItemFleet, median, run, type ItemFleet } from './bench-database.js'
 
 const N = Number(process.env.BENCH_INSTANCES ?? 50)
 const MAX_POOLS = Number(process.env.BENCH_MAX_POOLS ?? 10)
@@ -35,11 +34,6 @@ const SWITCH_OPS = Number(process.env.BENCH_SWITCH_OPS ?? 3000)
 
 interface DB { item: { id: number, iid: number, v: number } }
 
-
-function median (values: number[]): number {
-  const sorted = [...values].sort((a, b) => a - b)
-  return sorted[Math.floor(sorted.length / 2)]!
-}
 
 /** Ops per second of OPS random single-row reads by CONCURRENCY jobs. */
 async function throughput (tenancy: Tenancy, names: string[], ids: number[]): Promise<number> {
@@ -64,30 +58,16 @@ async function throughput (tenancy: Tenancy, names: string[], ids: number[]): Pr
 async function main (): Promise<void> {
   const server = await benchServer('bench-pools')
   const url = server.url
-  const prefix = `bench_${randomBytes(3).toString('hex')}`
-  const databases = Array.from({ length: N }, (_, i) => `${prefix}_${i}`)
-  const table = 'create table item (id serial primary key, iid int not null, v int not null)'
   const tenancies: Tenancy[] = []
+  let fleet: ItemFleet | undefined
   try {
-    await run(url, `create database ${prefix}_tpl`)
-    await run(withDatabase(url, `${prefix}_tpl`), `${table}; create index on item (iid, v); insert into item (iid, v) select 0, n from generate_series(1, 10) n`)
-    for (const name of databases) await run(url, `create database ${name} template ${prefix}_tpl`)
-    for (let i = 0; i < N; i++) await run(withDatabase(url, databases[i]!), `update item set iid = ${1000 + i}`)
-    await run(url, `create database ${prefix}_shared`)
-    const sharedUrl = withDatabase(url, `${prefix}_shared`)
-    await run(sharedUrl, `${table}; insert into item (iid, v) select 1000 + i, n from generate_series(0, ${N - 1}) i, generate_series(1, 10) n;
-      create index on item (iid, v);
-      create schema s_a; create table s_a.item (like public.item including all); insert into s_a.item select * from public.item;
+    fleet = await createItemFleet(url, 'bench', N)
+    const { sharedUrl, names, ids, datasources, isolatedInstances, sharedInstances } = fleet
+    await run(sharedUrl, `create schema s_a; create table s_a.item (like public.item including all); insert into s_a.item select * from public.item;
       create schema s_b; create table s_b.item (like public.item including all); insert into s_b.item select * from public.item`)
-
-    const names = databases.map((_, i) => `t${i}`)
-    const ids = databases.map((_, i) => 1000 + i)
-    const datasources: Record<string, string> = { default: sharedUrl }
-    databases.forEach((name, i) => { datasources[`d${i}`] = withDatabase(url, name) })
-    const isolatedInstances = [{ name: '', id: 1 }, ...names.map((name, i) => ({ name, id: ids[i]!, isolate: true, isolateClient: `d${i}` }))]
     const make = async (variant: string): Promise<Tenancy> => {
       const tenancy = variant === 'shared'
-        ? await createTenancy({ instances: [{ name: '', id: 1 }, ...names.map((name, i) => ({ name, id: ids[i]! }))], datasources: { default: sharedUrl }, pool: { max: MAX_POOLS * POOL_MAX, connectionTimeoutMillis: 60000 } })
+        ? await createTenancy({ instances: sharedInstances, datasources: { default: sharedUrl }, pool: { max: MAX_POOLS * POOL_MAX, connectionTimeoutMillis: 60000 } })
         : await createTenancy({ instances: isolatedInstances, datasources, maxPools: variant === 'allopen' ? N + 1 : MAX_POOLS, pool: { max: POOL_MAX, connectionTimeoutMillis: 60000 } })
       tenancies.push(tenancy)
       return tenancy
@@ -246,7 +226,7 @@ async function main (): Promise<void> {
     console.log(`session check, new text (parsed)     ${(parsed / 1000).toFixed(1).padStart(8)} µs/statement`)
   } finally {
     for (const tenancy of tenancies) await tenancy.close().catch(() => {})
-    for (const name of [...databases, `${prefix}_tpl`, `${prefix}_shared`]) await run(url, `drop database if exists ${name} with (force)`).catch(() => {})
+    await fleet?.drop()
     await server.stop()
   }
 }
