@@ -109,15 +109,19 @@ t.test('updates, disabling and removal reach the other tenancy, with their event
   t.ok(again.instance.id > instance.id, 'the name is free again; the id is new')
 
   await eventually(() => b.instances.byName('globex')?.id === again.instance.id && b.instances.byName('globex')?.state === 'ready', WITHIN)
-  t.same(events, [
+  // A removal disables first, then marks the row removed, one right after the
+  // other: when both notifications reach the other process in one reload, it
+  // reads the row once, already removed, and fires only instanceRemoved.
+  const removalDisable = 'updated globex Globex Inc->Globex Inc disabled=true'
+  const seen = events[4] === removalDisable && events[5] === 'removed globex' ? [...events.slice(0, 4), ...events.slice(5)] : events
+  t.same(seen, [
     'created globex',
     'updated globex Globex->Globex Inc disabled=false',
     'updated globex Globex Inc->Globex Inc disabled=true',
     'updated globex Globex Inc->Globex Inc disabled=false',
-    'updated globex Globex Inc->Globex Inc disabled=true',
     'removed globex',
     'created globex',
-  ], 'the other tenancy saw every change as one event (a removal disables first)')
+  ], 'the other tenancy saw every change as one event (the removal\'s own disabling too, unless it came in the same reload)')
   await t.rejects(a.updateInstance('globex', { mode: 'schema' } as never), { code: 'TENANCY_INVALID_OPTIONS' }, 'the mode cannot change live')
   await t.rejects(a.updateInstance('nope', { title: 'x' }), { code: 'TENANCY_UNKNOWN_INSTANCE' })
 })
