@@ -385,3 +385,65 @@ t.test('a raw fragment with a comment, a separator or an unclosed quote or paren
   t.same((await tenancy.runAsInstance('b', () => db.selectFrom('country').select(sql<string>`name /* a note */`.as('n')).execute())).length, 2,
     'a statement with no tenant table is left as it is')
 })
+
+t.test('rare shapes: each confined or refused, with its SQL', async (t) => {
+  await reset()
+  await tenancy.runAsInstance('b', async () => {
+    // A schema statement other than CREATE TABLE … AS names no rows: it passes as it is.
+    t.equal(db.schema.createIndex('student_name').on('student').column('name').compile().sql, 'create index "student_name" on "student" ("name")')
+    t.throws(() => anyDb.selectFrom('public.nosuch').selectAll().compile(), { code: 'TENANCY_UNKNOWN_TABLE', message: /"public\.nosuch"/ })
+
+    // MERGE into a table that is no tenant table is left as it is.
+    const merge = anyDb.mergeInto('country').using('country as o', 'o.code', 'country.code').whenMatched().thenUpdateSet({ name: sql.ref('o.name') })
+    t.equal(merge.compile().sql, 'merge into "country" using "country" as "o" on "o"."code" = "country"."code" when matched then update set "name" = "o"."name"')
+    t.equal((await merge.executeTakeFirstOrThrow()).numChangedRows, 2n)
+
+    // A lateral cross join has no ON: the predicate becomes the ON of a lateral inner join.
+    t.equal(db.selectFrom('course').crossJoinLateral('role').select('course.id').compile().sql,
+      'select "course"."id" from "course" inner join lateral "role" on "role"."iid" = $1 where "course"."iid" = $2')
+    // updateTable([…]) is a list, which PostgreSQL refuses; each table is confined all the same.
+    t.equal(anyDb.updateTable(['student', 'course']).set('name', 'x').compile().sql,
+      'update "student", "course" set "name" = $1 where "student"."iid" = $2 and "course"."iid" = $3')
+    t.equal(db.updateTable('student').where('id', '=', 1).compile().sql, 'update "student" set  where ("id" = $1) and "student"."iid" = $2', 'an UPDATE with no SET has nothing to check')
+    // `set('iid.student.name', …)` is column iid, fields student and name, for PostgreSQL.
+    t.throws(() => anyDb.updateTable('student').set('iid.student.name', 3 as never).compile(), { code: 'TENANCY_MISMATCH' })
+    t.throws(() => db.insertInto('student').columns(['id', 'name']).expression(sql`values (60, 'x')`).compile(), { code: 'TENANCY_UNSUPPORTED_STATEMENT', message: /raw SQL/ })
+
+    // Raw text at the end: every branch of a set operation becomes confined derived tables; a raw branch stays as it is.
+    const union = db.selectFrom('student').select('id').union(db.selectFrom('course').select('id')).union(sql<{ id: number }>`select 0`).modifyEnd(sql`order by 1`)
+    t.equal(union.compile().sql, 'select "id" from (select * from "student" where "student"."iid" = $1) as "student" union select "id" from (select * from "course" where "course"."iid" = $2) as "course" union select 0 order by 1')
+    t.same((await union.execute()).map((row) => row.id), [0, 1, 2, 3, 4])
+
+    // Beside a RIGHT join, a qualified subquery of a table that is no tenant table, aliased as the table, stays as it is.
+    const right = db.selectFrom(db.withSchema('public').selectFrom('country').selectAll().as('country')).rightJoin('student', 'student.name', 'country.name').select(['student.id', 'student.iid', 'country.code']).orderBy('student.id')
+    t.equal(right.compile().sql, 'select "student"."id", "student"."iid", "country"."code" from (select * from "public"."country") as "country" right join (select * from "student" where "student"."iid" = $1) as "student" on "student"."name" = "country"."name" order by "student"."id"')
+    t.same(await right.execute(), [1, 2, 3, 4].map((id) => ({ id, iid: 2, code: null })))
+  })
+})
+
+t.test('INSERT … SELECT: confined once however often it is transformed; the tenant column and the column list are checked', async (t) => {
+  await reset()
+  const before = await othersOf(2)
+  await tenancy.runAsInstance('b', async () => {
+    const copy = db.insertInto('student').columns(['id', 'name']).expression(db.selectFrom('course').select((eb) => [sql<number>`${eb.ref('id')} + 10`.as('id'), 'title']))
+    // The CTE's builder is confined when it is embedded, then again with the statement.
+    const cte = db.with('added', () => copy.returning(['id', 'iid'])).selectFrom('added').selectAll().orderBy('id')
+    t.equal(cte.compile().sql, 'with "added" as (insert into "student" ("id", "name", "iid") select "tenancy_source".*, cast($1 as bigint) from (select "id" + 10 as "id", "title" from "course" where "course"."iid" = $2) as "tenancy_source" returning "id", "iid") select * from "added" order by "id"')
+    t.same(await cte.execute(), [{ id: 11, iid: 2 }, { id: 12, iid: 2 }, { id: 13, iid: 2 }])
+    // The tenant column, last, from anything but the filter's own wrapper is refused.
+    t.throws(() => db.insertInto('student').columns(['id', 'name', 'iid']).expression(db.selectFrom('course as c').select(['c.id', 'c.title', 'c.iid'])).compile(), { code: 'TENANCY_MISMATCH' })
+    t.throws(() => db.insertInto('student').expression(db.selectFrom('course').select(['id', 'iid', 'title'])).compile(), { code: 'TENANCY_UNSUPPORTED_STATEMENT', message: /column list/ })
+  })
+  t.same(await othersOf(2), before, 'no other instance\'s row was added')
+})
+
+t.test('predicates are shared between queries, and the cache of them is reset past 10,000', async (t) => {
+  await tenancy.runAsInstance('b', async () => {
+    const predicateOf = (alias: string): unknown => (anyDb.selectFrom(`student as ${alias}`).selectAll().compile().query as { where: { where: unknown } }).where.where
+    const first = predicateOf('p0')
+    t.equal(predicateOf('p0'), first, 'the same table, alias and instance get the same node')
+    for (let i = 1; i <= 10_000; i++) predicateOf(`p${i}`)
+    t.not(predicateOf('p0'), first, 'made again after 10,000 others')
+    t.equal(anyDb.selectFrom('student as p0').selectAll().compile().sql, 'select * from "student" as "p0" where "p0"."iid" = $1')
+  })
+})

@@ -121,13 +121,10 @@ export class InstanceFilterTransformer extends OperationNodeTransformer {
     return super.transformNode(node, queryId)
   }
 
-  // Marked nodes are handed back as they are, so that they can be recognised.
+  // Marked nodes are handed back as they are, so that they can be recognised
+  // (a marked ValueNode is a leaf, handed back by transformNode).
   protected override transformBinaryOperation (node: BinaryOperationNode, queryId?: QueryId): BinaryOperationNode {
     return own.has(node) ? node : super.transformBinaryOperation(node, queryId)
-  }
-
-  protected override transformValue (node: ValueNode, queryId?: QueryId): ValueNode {
-    return own.has(node) ? node : super.transformValue(node, queryId)
   }
 
   protected override transformCast (node: CastNode, queryId?: QueryId): CastNode {
@@ -174,8 +171,8 @@ export class InstanceFilterTransformer extends OperationNodeTransformer {
   // the main statement sees all; a real table of the same name stays a table
   // where the CTE is not visible.
   protected override transformWith (node: WithNode, queryId?: QueryId): WithNode {
-    const frame = this.#ctes.at(-1)
-    if (frame === undefined) return super.transformWith(node, queryId)
+    // A WITH is only ever read inside the statement that holds it, which #inScope opened a frame for.
+    const frame = this.#ctes.at(-1)!
     const names = node.expressions.map((expression) => expression.name.table.table.identifier.name)
     const expressions = node.expressions.map((expression, i) => {
       frame.clear()
@@ -477,7 +474,7 @@ export class InstanceFilterTransformer extends OperationNodeTransformer {
     if (node.values === undefined) out = this.#insertDefaults(node, value)
     else if (node.values.kind === 'ValuesNode') out = this.#insertRows(ref, node, node.values as ValuesNode, value)
     else if (node.values.kind === 'SelectQueryNode') out = this.#insertSelect(ref, node, node.values as SelectQueryNode, value)
-    else throw this.#insertMismatch(ref, value)
+    else throw new UnsupportedStatementError(`An INSERT into the tenant table ${labelOf(ref)} takes its rows from raw SQL or another expression (expression(sql\`…\`)), which cannot be given ${this.#column}: use values() or a select, or unscoped() with an explicit ${this.#column}.`)
     if (out.onConflict?.updates !== undefined) out = { ...out, onConflict: this.#confineOnConflict(ref, out.onConflict) }
     return out
   }
@@ -493,7 +490,8 @@ export class InstanceFilterTransformer extends OperationNodeTransformer {
 
   /** `values (…), (…)`: each row gets the value, or must already hold it. */
   #insertRows (ref: TableRef, node: InsertQueryNode, values: ValuesNode, value: number | null): InsertQueryNode {
-    const columns = node.columns ?? []
+    // values() always sets the column list with its rows.
+    const columns = node.columns!
     const index = columns.findIndex((column) => this.#isTenantColumn(column.column.name))
     const rows = values.values.map((row) => {
       const items: OperationNode[] = row.kind === 'PrimitiveValueListNode'
@@ -514,7 +512,11 @@ export class InstanceFilterTransformer extends OperationNodeTransformer {
 
   /** `insert … select`: the select becomes a derived table and the value its last column. */
   #insertSelect (ref: TableRef, node: InsertQueryNode, select: SelectQueryNode, value: number | null): InsertQueryNode {
-    const columns = node.columns ?? []
+    // Without a column list the select's columns fill the table's in order, and the one added for the instance would be one too many.
+    if (node.columns === undefined) {
+      throw new UnsupportedStatementError(`An INSERT … SELECT into the tenant table ${labelOf(ref)} needs its column list (columns([…])), to which ${this.#column} is added.`)
+    }
+    const columns = node.columns
     const index = columns.findIndex((column) => this.#isTenantColumn(column.column.name))
     let source = select
     if (index >= 0) {
@@ -570,6 +572,8 @@ function strip (condition: OperationNode): OperationNode | undefined {
     if (l === left && r === right) return condition
     if (l === undefined) return r
     if (r === undefined) return l
+    // Never reached by the filter's own output, which appends its predicates on the right
+    // only; kept so that strip is right for any AND tree.
     return AndNode.create(l, r)
   }
   return condition
