@@ -1,0 +1,291 @@
+// README claims about isolation that no other test file asserts, each checked
+// against PostgreSQL: the section of the README a test backs is in its name.
+// Some claims are limits ("not covered", "never reset"): their test shows the
+// limit is real, so that the README cannot promise less or more than is true.
+import t from 'tap'
+import Fastify from 'fastify'
+import net from 'node:net'
+import pg from 'pg'
+import { AsyncResource } from 'node:async_hooks'
+import { EventEmitter, once } from 'node:events'
+import { randomBytes } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
+import { Writable } from 'node:stream'
+import { sql, type Kysely } from 'kysely'
+import tenancyPlugin from '../plugin/index.js'
+import { createInstanceResolver, createTenancy, currentContext, currentInstance, InstanceRegistry, rowLevelSecurityStatements, type ResolveRequest } from '../lib/index.js'
+import { adminQuery, createDatabase, query } from './helpers/database.js'
+import { createTenantSchema, schemaInstances, type TenantDB } from './helpers/tenant-schema.js'
+
+const url = await createDatabase(t, 'readme_claims')
+await createTenantSchema(url)
+const isoUrl = await createDatabase(t, 'readme_claims_iso')
+await query(isoUrl, "create table student (id int not null, iid int not null, name text not null, course_id int); insert into student values (1, 1000, 'iso student', null)")
+await query(url, `
+  create schema other;
+  create table other.student (id int not null, iid int not null, name text not null, course_id int);
+  insert into other.student values (1, 1, 'other 1 of 1'), (1, 2, 'other 1 of 2');
+  create schema tenant_s;
+  create table tenant_s.student (id int not null, iid int not null, name text not null, course_id int);
+  insert into tenant_s.student values (1, 9, 'schema student', null);
+  create view student_view as select id, iid, name from student;
+  create view student_names_only as select name from student;
+  create sequence ticket`)
+
+const instances = [
+  ...schemaInstances,
+  { name: 'iso', id: 1000, isolate: true, isolateClient: 'iso' },
+  { name: 's', id: 9, schema: 'tenant_s' },
+  { name: 'off', id: 99, disabled: true },
+]
+const tables = { student: 'must', course: 'must', role: 'may', tag: 'must', student_view: { kind: 'must', relation: 'view' } } as const
+// One connection per pool, so that consecutive checkouts meet the same session.
+const tenancy = await createTenancy({ instances, datasources: { default: url, iso: isoUrl }, tables, pool: { max: 1 }, doctor: false })
+t.teardown(() => tenancy.close())
+const db = tenancy.kysely<TenantDB>()
+const anyDb = db as unknown as Kysely<any>
+
+/** The distinct tenant column values of `rows`, sorted. */
+const iidsOf = (rows: Array<{ iid: number | null }>): Array<number | null> => [...new Set(rows.map((row) => row.iid))].sort()
+
+t.test('What is not covered: a query compiled in one context and run with executeQuery in another keeps the first context\'s id; withoutPlugins() is not filtered', async (t) => {
+  const compiled = tenancy.runAsInstance('a', () => db.selectFrom('student').select('iid').compile())
+  t.same(compiled.parameters, [1], 'the compiled query carries instance a\'s id')
+  const rows = await tenancy.runAsInstance('b', () => db.executeQuery(compiled))
+  t.same(iidsOf(rows.rows), [1], 'run as b, it returns a\'s rows: executeQuery is not rewritten again')
+  t.same(iidsOf(await tenancy.runAsInstance('b', () => db.withoutPlugins().selectFrom('student').select('iid').execute())), [1, 2, 3], 'withoutPlugins() reads every instance')
+})
+
+t.test('Shared mode, options: an unqualified name in tables matches that table in every schema', async (t) => {
+  await tenancy.runAsInstance('b', async () => {
+    const select = anyDb.selectFrom('other.student').select(['iid', 'name'])
+    t.equal(select.compile().sql, 'select "iid", "name" from "other"."student" where "other"."student"."iid" = $1')
+    t.same(await select.execute(), [{ iid: 2, name: 'other 1 of 2' }])
+  })
+})
+
+t.test('Shared mode, rules: a subquery builder made outside any context throws TENANCY_NO_CONTEXT when it is built', async (t) => {
+  let reached = false
+  t.throws(() => db.selectFrom('country').select('code').where('name', 'in', db.selectFrom('student').select('name')).where(() => { reached = true; return sql<boolean>`true` }),
+    { code: 'TENANCY_NO_CONTEXT' })
+  t.notOk(reached, 'the outer builder was not built any further')
+  t.same(await db.selectFrom('country').select('code').orderBy('code').execute(), [{ code: 'de' }, { code: 'fr' }], 'a query on other tables still runs')
+})
+
+t.test('The context: refusals come before fn runs, fn\'s value is returned as it is, and the frame accessors', async (t) => {
+  let calls = 0
+  t.throws(() => tenancy.runAsInstance('nope', () => { calls++ }), { code: 'TENANCY_UNKNOWN_INSTANCE' })
+  t.throws(() => tenancy.runAsInstance('off', () => { calls++ }), { code: 'TENANCY_INSTANCE_DISABLED' })
+  t.equal(calls, 0, 'fn never ran')
+  const value = { any: 'thing' }
+  t.equal(tenancy.runAsInstance('a', () => value), value, 'a sync fn\'s value, not a promise')
+  const promise = tenancy.runAsInstance('a', async () => 7)
+  t.ok(promise instanceof Promise, 'an async fn gives a promise')
+  t.equal(await promise, 7)
+  tenancy.runAsInstance('b', () => {
+    const frame = tenancy.context()
+    t.equal(frame?.tenancy, tenancy)
+    t.equal(frame?.kind, 'instance')
+    t.equal(frame?.instance?.name, 'b')
+  })
+  tenancy.runAsHost(() => {
+    t.equal(tenancy.currentInstance(), undefined, 'host context belongs to no instance')
+    t.equal(tenancy.context()?.kind, 'host')
+  })
+  t.equal(tenancy.context(), undefined, 'outside every frame')
+  t.same(await tenancy.runAsInstance('iso', () => tenancy.unscoped(async () => {
+    const { rows } = await sql<{ db: string, n: number }>`select current_database() as db, count(*)::int as n from student`.execute(db)
+    return rows
+  })), [{ db: new URL(isoUrl).pathname.slice(1), n: 1 }], 'unscoped() still queries the current instance\'s database')
+})
+
+t.test('The context: the named currentInstance() and currentContext() read the innermost frame of any tenancy', async (t) => {
+  const other = await createTenancy({ instances: [{ name: 'x', id: 50 }], datasources: { default: url }, tables, doctor: false })
+  t.teardown(() => other.close())
+  t.same(tenancy.runAsInstance('a', () => other.runAsInstance('x', () => [currentInstance()?.name, currentContext()?.tenancy === other, tenancy.currentInstance()?.name])), ['x', true, 'a'])
+  t.same(other.runAsInstance('x', () => tenancy.runAsHost(() => [currentInstance(), currentContext()?.kind, other.currentInstance()?.name])), [undefined, 'host', 'x'])
+})
+
+t.test('The context: an EventEmitter listener runs as whoever emits; AsyncResource.bind keeps the frame it was bound in', async (t) => {
+  const emitter = new EventEmitter()
+  const seen: Array<[string, string | undefined]> = []
+  tenancy.runAsInstance('a', () => {
+    emitter.on('plain', () => { seen.push(['plain', currentContext()?.instance?.name]) })
+    emitter.on('bound', AsyncResource.bind(() => { seen.push(['bound', currentContext()?.instance?.name]) }))
+  })
+  tenancy.runAsInstance('b', () => { emitter.emit('plain'); emitter.emit('bound') })
+  emitter.emit('plain')
+  emitter.emit('bound')
+  t.same(seen, [['plain', 'b'], ['bound', 'a'], ['plain', undefined], ['bound', 'a']])
+})
+
+t.test('Views: a view declared must is refused in host context; a view without the tenant column is not confined', async (t) => {
+  await t.rejects(tenancy.runAsHost(() => anyDb.selectFrom('student_view').selectAll().execute()), { code: 'TENANCY_HOST_CONTEXT' })
+  t.same(iidsOf(await tenancy.runAsInstance('b', () => anyDb.selectFrom('student_view').select('iid').execute())), [2], 'in an instance it is confined')
+  // Discovered tables: the view without iid is not a tenant table.
+  const discovered = await createTenancy({ instances: schemaInstances, datasources: { default: url }, watchTables: false, doctor: false })
+  t.teardown(() => discovered.close())
+  t.equal(discovered.tenantTables?.toJSON()['public.student_names_only'], undefined, 'not a tenant table')
+  const names = await discovered.runAsInstance('b', () => discovered.kysely<any>().selectFrom('student_names_only').select('name').execute())
+  t.equal(names.length, 12, 'every instance\'s names come back through it')
+})
+
+t.test('Strict raw SQL: a CTE named like a tenant table, DDL, a BEGIN ATOMIC body; a text the parser cannot read goes to the server', async (t) => {
+  const strict = await createTenancy({ instances: schemaInstances, datasources: { default: url }, tables, strict: true, doctor: false })
+  t.teardown(() => strict.close())
+  const sdb = strict.kysely<TenantDB>()
+  const refused = [
+    ['a CTE named like a tenant table', sql`with student as (select 1 as id) select id from student`, /"student"/],
+    ['DDL: create index', sql`create index on student (name)`, /"student"/],
+    ['DDL: alter table', sql`alter table "public"."student" add column x int`, /"public\.student"/],
+    ['a BEGIN ATOMIC body naming a tenant table', sql`create function f_names() returns setof text begin atomic select name from student; end`, /"student"/],
+  ] as const
+  for (const [label, statement, message] of refused) {
+    await t.rejects(strict.runAsInstance('a', () => statement.execute(sdb)), { code: 'TENANCY_RAW_SQL', statusCode: 500, message }, label)
+  }
+  t.same(await query(url, "select count(*)::int as n from pg_indexes where tablename = 'student'"), [{ n: 1 }], 'no index was made (only the primary key)')
+  t.same(await query(url, "select count(*)::int as n from pg_proc where proname = 'f_names'"), [{ n: 0 }], 'no function was made')
+  await t.rejects(strict.runAsInstance('a', () => sql`selec name from student`.execute(sdb)), { code: '42601' }, 'the server rejects what the parser cannot read')
+})
+
+t.test('Row-level security: what the policies make of the setting, and statements that can be run again', async (t) => {
+  const role = `readme_app_${randomBytes(4).toString('hex')}`
+  const password = randomBytes(12).toString('hex')
+  await adminQuery(`create role ${role} login password '${password}' nosuperuser nobypassrls`)
+  t.teardown(async () => {
+    await adminQuery(`drop owned by ${role}`, url).catch(() => {})
+    await adminQuery(`drop role if exists ${role}`)
+  })
+  const rlsTables = { student: 'must', role: 'may' } as const
+  for (const statement of rowLevelSecurityStatements(rlsTables)) await query(url, statement)
+  for (const statement of rowLevelSecurityStatements(rlsTables)) await query(url, statement)
+  t.same(await query(url, "select polrelid::regclass::text as t, count(*)::int as n from pg_policy where polrelid in ('student'::regclass, 'role'::regclass) group by 1 order by 1"),
+    [{ t: 'role', n: 1 }, { t: 'student', n: 1 }], 'run twice: one policy per table, replaced')
+  t.teardown(async () => { await query(url, 'alter table student disable row level security; alter table role disable row level security') })
+  await query(url, `grant select on student, role to ${role}`)
+  const appUrl = new URL(url)
+  appUrl.username = role
+  appUrl.password = password
+  const client = new pg.Client({ connectionString: appUrl.toString() })
+  await client.connect()
+  try {
+    const count = async (table: string): Promise<number> => (await client.query<{ n: number }>(`select count(*)::int as n from ${table}`)).rows[0]!.n
+    await client.query('begin')
+    await client.query("select set_config('tenancy.iid', '2', true)")
+    t.equal(await count('student'), 4, 'inside the transaction: instance 2')
+    await client.query('commit')
+    t.same((await client.query("select current_setting('tenancy.iid', true) as v")).rows, [{ v: '' }], 'a transaction-local set_config leaves \'\' behind')
+    t.equal(await count('student'), 0, '\'\' is no instance: no tenant rows')
+    t.equal(await count('role'), 0)
+    for (const value of ['abc', '2 or true', '-1x', 'HOST']) {
+      await client.query("select set_config('tenancy.iid', $1, false)", [value])
+      t.equal(await count('student') + await count('role'), 0, `${JSON.stringify(value)} is no instance`)
+    }
+    await client.query("select set_config('tenancy.iid', 'host', false)")
+    t.same([await count('student'), await count('role')], [0, 2], 'host: no must rows, the may table\'s host rows')
+    await client.query("select set_config('tenancy.iid', '*', false)")
+    t.same([await count('student'), await count('role')], [12, 8], '\'*\': everything')
+    await client.query("select set_config('tenancy.iid', '3', false)")
+    await client.query('begin')
+    await client.query("select set_config('tenancy.iid', '2', true)")
+    await client.query('commit')
+    t.same((await client.query("select current_setting('tenancy.iid', true) as v")).rows, [{ v: '3' }], 'on a session that had a value, the transaction-local one gives way to it again')
+  } finally {
+    await client.end()
+  }
+})
+
+t.test('Schema mode: the schema alone on search_path, so a table missing from it is an error, not a read of public', async (t) => {
+  await tenancy.runAsInstance('s', async () => {
+    t.same(await db.selectFrom('student').select(['iid', 'name']).execute(), [{ iid: 9, name: 'schema student' }])
+    await t.rejects(db.selectFrom('course').selectAll().execute(), { code: '42P01' }, 'public.course is not read')
+    await t.rejects(sql`select * from tag`.execute(db), { code: '42P01' })
+  })
+})
+
+t.test('Schema mode, session state: lastval() is never reset between checkouts (a documented limit)', async (t) => {
+  const mine = await tenancy.runAsInstance('a', async () => (await sql<{ v: string }>`select nextval('ticket')::text as v`.execute(db)).rows[0]!.v)
+  const seen = await tenancy.runAsInstance('b', async () => (await sql<{ v: string }>`select lastval()::text as v`.execute(db)).rows[0]!.v)
+  t.equal(seen, mine, 'the next checkout, of another instance, reads the last value of the one before')
+})
+
+t.test('The Fastify plugin: onRequest hooks after the plugin run as the instance; onRequestAbort and onTimeout have no frame but request.instance', async (t) => {
+  const app = Fastify({ connectionTimeout: 400 })
+  const seen: Record<string, unknown[]> = {}
+  const note = (key: string, value: unknown): void => { (seen[key] ??= []).push(value) }
+  await app.register(tenancyPlugin, { tenancy, closeOnShutdown: false, resolve: { fallback: 'reject' } })
+  app.addHook('onRequest', async () => { note('lateOnRequest', currentContext()?.instance?.name) })
+  const probe = async (request: { instance: { id: number } | null }): Promise<unknown> => {
+    const noFrame = currentContext() === undefined
+    const iids = await tenancy.runAsInstance(request.instance!.id, async () => iidsOf(await db.selectFrom('student').select('iid').execute()))
+    return { noFrame, instance: request.instance?.id, iids }
+  }
+  app.addHook('onRequestAbort', async (request) => { note('onRequestAbort', await probe(request)) })
+  app.addHook('onTimeout', async (request) => { note('onTimeout', await probe(request)) })
+  app.get('/slow', async () => { note('handler', currentContext()?.instance?.name); await sleep(3000); return {} })
+  t.teardown(() => app.close())
+  await app.listen({ port: 0, host: '127.0.0.1' })
+  const { port } = app.server.address() as net.AddressInfo
+  const deadline = Date.now() + 10_000
+  const send = async (): Promise<net.Socket> => {
+    const socket = net.connect(port, '127.0.0.1')
+    socket.on('error', () => {})
+    await once(socket, 'connect')
+    socket.write('GET /slow HTTP/1.1\r\nHost: localhost\r\nx-instance-name: b\r\n\r\n')
+    return socket
+  }
+  // Left alone, the request outlives connectionTimeout: onTimeout.
+  await send()
+  while (seen.onTimeout === undefined && Date.now() < deadline) await sleep(20)
+  // Given up by the client before that: onRequestAbort.
+  const aborted = await send()
+  while ((seen.handler?.length ?? 0) < 2 && Date.now() < deadline) await sleep(10)
+  const abortsBefore = seen.onRequestAbort?.length ?? 0
+  aborted.destroy()
+  while ((seen.onRequestAbort?.length ?? 0) === abortsBefore && Date.now() < deadline) await sleep(20)
+  t.same(seen.lateOnRequest, ['b', 'b'], 'an onRequest hook added after the plugin')
+  t.same(seen.handler, ['b', 'b'])
+  const expected = { noFrame: true, instance: 2, iids: [2] }
+  t.same(seen.onTimeout?.[0], expected, 'onTimeout: no frame, request.instance set, runAsInstance(request.instance.id) reads b\'s rows')
+  t.ok((seen.onRequestAbort ?? []).length >= 1, 'onRequestAbort ran')
+  for (const found of seen.onRequestAbort ?? []) t.same(found, expected, 'onRequestAbort: the same')
+})
+
+t.test('The Fastify plugin: the log lines Fastify writes itself for a request carry the instance, except "incoming request"', async (t) => {
+  const lines: Array<Record<string, unknown>> = []
+  const stream = new Writable({
+    write (chunk, _encoding, callback) {
+      for (const line of String(chunk).split('\n')) if (line !== '') lines.push(JSON.parse(line))
+      callback()
+    },
+  })
+  const app = Fastify({ logger: { level: 'info', stream } })
+  await app.register(tenancyPlugin, { tenancy, closeOnShutdown: false, resolve: { fallback: 'reject' } })
+  app.get('/boom', async () => { throw new Error('boom') })
+  t.teardown(() => app.close())
+  t.equal((await app.inject({ url: '/boom', headers: { 'x-instance-name': 'b' } })).statusCode, 500)
+  t.equal((await app.inject({ url: '/boom', headers: { 'x-instance-name': 'nope' } })).statusCode, 404)
+  const byMessage = (msg: string): unknown[] => lines.filter((line) => line.msg === msg).map((line) => line.instance)
+  t.same(byMessage('boom'), ['b'], 'the error line of a handler\'s error')
+  t.same(byMessage('request completed'), ['b', undefined], 'the completion lines; a request that resolved to no instance has none')
+  t.same(byMessage('incoming request'), [undefined, undefined], '"incoming request" is written before resolution')
+})
+
+t.test('Resolution: a custom resolver passes only by returning undefined', async (t) => {
+  const store = new InstanceRegistry([{ name: '', id: 1 }, { name: 'acme', id: 2 }], ['default'])
+  const request: ResolveRequest = { headers: { 'x-instance-name': 'acme' }, url: '/' }
+  const nameWith = async (value: unknown): Promise<string | undefined> =>
+    (await createInstanceResolver(store, { getInstanceName: () => value as string })(request))?.name
+  t.equal(await nameWith(undefined), 'acme', 'undefined: the header resolver is tried next')
+  t.equal(await nameWith(''), '', '\'\' names the default instance')
+  await t.rejects(nameWith(null), { code: 'TENANCY_INVALID_INSTANCE_NAME', statusCode: 400 }, 'null is not a pass')
+  await t.rejects(nameWith(false), { code: 'TENANCY_INVALID_INSTANCE_NAME' }, 'nor is false')
+})
+
+t.test('Errors: a message quotes the bad value cut to 80 characters', async (t) => {
+  const long = 'q'.repeat(200)
+  const err = ((): Error => { try { tenancy.runAsInstance(long, () => {}); throw new Error('not refused') } catch (caught) { return caught as Error } })()
+  t.match(err, { code: 'TENANCY_UNKNOWN_INSTANCE' })
+  t.ok(err.message.includes(`"${'q'.repeat(80)}…"`), 'the value, cut to 80 characters and marked')
+  t.notOk(err.message.includes('q'.repeat(81)))
+})
