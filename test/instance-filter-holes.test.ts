@@ -370,6 +370,8 @@ t.test('a raw fragment with a comment, a separator or an unclosed quote or paren
     ['unbalanced ) in WHERE', () => db.deleteFrom('student').where(sql<boolean>`true) or (true`)],
     ['; in WHERE', () => db.deleteFrom('student').where(sql<boolean>`true; delete from student`)],
     ['unclosed quote', () => db.selectFrom('student').selectAll().where('name', '=', sql<string>`'x`)],
+    ['unclosed dollar quote', () => db.selectFrom('student').selectAll().where('name', '=', sql<string>`$q$x`)],
+    ['unclosed ( in a selection', () => db.selectFrom('student').select(sql<string>`coalesce(name`.as('n'))],
   ]
   for (const [label, make] of bad) {
     await t.rejects(tenancy.runAsInstance('b', () => make().execute()), { code: 'TENANCY_UNSUPPORTED_STATEMENT', message: /raw SQL fragment/ }, label)

@@ -102,5 +102,7 @@ t.test('the plugin works on its own with any Kysely', async (t) => {
     t.same(await own.selectFrom('student').select('iid').distinct().execute(), [{ iid: 3 }])
   })
   t.throws(() => new InstanceFilterPlugin({ tables: { student: 'always' as 'must' } }), { code: 'TENANCY_INVALID_OPTIONS' })
+  t.throws(() => new InstanceFilterPlugin(null as never), { code: 'TENANCY_INVALID_OPTIONS', message: /needs an options object/ })
+  t.throws(() => new InstanceFilterPlugin({ tables: { student: 'must' }, context: 'host' as never }), { code: 'TENANCY_INVALID_OPTIONS', message: /context must be a function/ })
   await t.rejects(createTenancy({ instances: [], datasources: { default: url }, strict: 'yes' as unknown as boolean }), { code: 'TENANCY_INVALID_OPTIONS' })
 })

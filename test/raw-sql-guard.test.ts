@@ -105,6 +105,7 @@ t.test('what is not refused', async (t) => {
     t.same((await sql<{ v: string }>`select ts_rewrite('a & b'::tsquery, 'a'::tsquery, 'c'::tsquery)::text as v`.execute(db)).rows, [{ v: "'b' & 'c'" }], 'ts_rewrite with three queries runs no SQL')
     await t.rejects(sql`select ts_rewrite('a'::tsquery, 'select ''a''::tsquery, ''b''::tsquery')`.execute(db), { code: 'TENANCY_RAW_SQL', message: /ts_rewrite/ }, 'the form with a query is refused')
     t.same((await sql<{ n: number }>`select count(*)::int as n from pg_class where relname = 'student'`.execute(db)).rows, [{ n: 1 }], 'other catalog views')
+    await t.rejects(sql`selec name from student`.execute(db), { code: '42601' }, 'a statement the parser cannot read goes to the server, which refuses it too')
     // A procedure is the application's own code: what it reads is row-level security's job.
     await sql`call rename_all()`.execute(db)
     await sql`create function f_atomic() returns int begin atomic select 1; end`.execute(db)
@@ -143,6 +144,9 @@ t.test('checkQuery: what a builder query holds that the filter cannot confine', 
     ['a raw value with --', country.selectAll().where('name', '=', sql<string>`'x' --`), /holds a -- comment/],
     ['an unterminated quote', country.selectAll().where('name', '=', sql<string>`'x`), /cannot be read/],
     ['pg_stats as a table', plain.selectFrom('pg_stats' as never).selectAll(), /reads pg_stats/],
+    ['pg_catalog.pg_stats as a table', plain.selectFrom('pg_catalog.pg_stats' as never).selectAll(), /reads pg_stats/],
+    ['a qualified sql.table in a raw condition', country.selectAll().where(sql<boolean>`exists (select 1 from ${sql.table('public.tag')})`), /"public\.tag"/],
+    ['a function named by sql.id in a raw selection', country.select(sql`${sql.id('query_to_xml')}('select * from student', true, false, '')`.as('x')), /calls query_to_xml\(\)/],
     ['deep inside', country.selectAll().where((eb) => eb.exists(eb.selectFrom('tag').select(sql`table_to_xml('student', true, false, '')`.as('x')))), /table_to_xml/],
   ]
   for (const [label, built, message] of refused) t.match(check(built), new RegExp(`^TENANCY_RAW_SQL: .*${message.source}`), label)
@@ -153,6 +157,8 @@ t.test('checkQuery: what a builder query holds that the filter cannot confine', 
     ['a value that looks like SQL', country.selectAll().where('name', '=', "x'; select query_to_xml('select * from student') --")],
     ['a column named like a tenant table', plain.selectFrom('role').select(sql`role.name`.as('n'))],
     ['ts_rewrite with three queries', country.select((eb) => eb.fn('ts_rewrite', [lit('a'), lit('a'), lit('b')]).as('x'))],
+    ['a qualified table', plain.selectFrom('public.country' as never).selectAll()],
+    ['a table named pg_stats in another schema', plain.selectFrom('app.pg_stats' as never).selectAll()],
   ]
   for (const [label, built] of allowed) t.equal(check(built), 'allowed', label)
   // The allowed queries run and stay confined: the subquery inside jsonArrayFrom is the filter's.

@@ -113,3 +113,19 @@ t.test('views: security_invoker instead of policies, so that a view owned by a s
   t.notOk(fromDiscovery.some((statement) => statement.includes('student_copy')))
   t.throws(() => rowLevelSecurityStatements({ v: { kind: 'must', relation: 'index' as 'view' } }), { code: 'TENANCY_INVALID_OPTIONS' })
 })
+
+t.test('rls with settings of its own: both are set, and the policy\'s setting cannot be overridden', async (t) => {
+  const both = await createTenancy({
+    instances: schemaInstances,
+    datasources: { default: appUrl.toString() },
+    pool: { max: 1 },
+    rls: true,
+    settings: (context) => ({ 'app.who': context?.instance?.name ?? '', 'tenancy.iid': '*' }),
+    doctor: false,
+  })
+  t.teardown(() => both.close())
+  const bothDb = both.kysely<TenantDB>()
+  const read = (): Promise<Array<{ who: string, iid: string, n: number }>> => sql<{ who: string, iid: string, n: number }>`select current_setting('app.who') as who, current_setting('tenancy.iid') as iid, (select count(*)::int from student) as n`.execute(bothDb).then((result) => result.rows)
+  t.same(await both.runAsInstance('b', read), [{ who: 'b', iid: '2', n: 4 }], 'the application\'s setting, and the instance\'s rows only')
+  t.same(await both.runAsInstance('c', read), [{ who: 'c', iid: '3', n: 4 }])
+})

@@ -7,7 +7,7 @@ import { isDeepStrictEqual } from 'node:util'
 import { randomBytes } from 'node:crypto'
 import { createServer, type Socket } from 'node:net'
 import { sql, type Generated } from 'kysely'
-import { createTenancy, InstanceRegistry, type InstanceStore, type Tenancy } from '../lib/index.js'
+import { createTenancy, InstanceRegistry, TenantTables, type InstanceStore, type Tenancy } from '../lib/index.js'
 import { CATALOG_WATCH_APPLICATION, catalogTriggerStatements } from '../lib/filter/table-watcher.js'
 import { adminQuery, createDatabase, query } from './helpers/database.js'
 
@@ -50,6 +50,23 @@ t.test('tables with and without the tenant column, as discovered', async (t) => 
   t.same(tenancy.tenantTables?.toJSON(), { 'public.note': 'must' })
   t.same(await tenancy.runAsInstance('b', () => db.selectFrom('note').select('body').execute()), [{ body: 'note of 2' }])
   t.same(await tenancy.runAsInstance('b', () => db.selectFrom('setting').select('value').execute()), [{ value: 'blue' }], 'a table without iid is not filtered')
+})
+
+t.test('the tables option is checked; merged tables keep the stricter kind, and know a table if every part knows it', async (t) => {
+  t.throws(() => new TenantTables(null as never), { code: 'TENANCY_INVALID_OPTIONS', message: /tables must be an object/ })
+  for (const key of ['a.b.c', '.note', 'public.', 'x'.repeat(64)]) {
+    t.throws(() => new TenantTables({ [key]: 'must' }), { code: 'TENANCY_INVALID_OPTIONS', message: /must be "table" or "schema\.table"/ }, key)
+  }
+  const may = new TenantTables({ 'public.note': 'may' }, ['note', 'public.note'])
+  const must = new TenantTables({ 'public.note': { kind: 'must', relation: 'view' } }, ['note', 'public.note', 'lesson', 'public.lesson'])
+  t.equal(TenantTables.merge([may, must]).kind('note', 'public'), 'must', 'must after may')
+  t.equal(TenantTables.merge([must, may]).kind('note', 'public'), 'must', 'may after must')
+  t.equal(TenantTables.merge([may, may]).kind('note', 'public'), 'may')
+  t.equal(TenantTables.merge([may, must]).relation('public.note'), 'table', 'the first part says what the relation is')
+  const discovered = TenantTables.merge([may, must])
+  t.equal(discovered.isKnown('other'), false, 'a table no part discovered is unknown')
+  t.equal(discovered.isKnown('lesson'), true)
+  t.equal(TenantTables.merge([may, new TenantTables({ setting: 'may' })]).isKnown('other'), true, 'a part of declared tables takes every table as known')
 })
 
 t.test('a tenant table created after discovery is refused, then confined once discovered', async (t) => {

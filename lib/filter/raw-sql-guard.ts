@@ -61,6 +61,8 @@ function statisticsRefusal (name: string, schema: string | undefined): Construct
 
 function sval (node: unknown): string | undefined {
   const value = (node as { String?: { sval?: unknown } } | null)?.String?.sval
+  // PostgreSQL's parser names every function with String nodes; anything else
+  // would be another parser's tree, read as no name rather than guessed at.
   return typeof value === 'string' ? value : undefined
 }
 
@@ -145,11 +147,6 @@ export class RawSqlGuard {
     return new RawSqlGuard(tables, await loadSqlParser(), await loadSqlScanner())
   }
 
-  /** The first tenant table the statement `text` names, or `null`. */
-  tenantTableIn (text: string): string | null {
-    return this.#tenantTable(this.#statement(text))
-  }
-
   /**
    * Throws `TENANCY_RAW_SQL` when the raw statement `node` names a tenant
    * table or holds anything listed above. The plugin calls it for every
@@ -220,8 +217,9 @@ export class RawSqlGuard {
     // Kysely writes the name as it is given: anything but a plain name is read as raw SQL.
     const simple = SIMPLE_FUNCTION.exec(node.func)
     if (simple !== null) {
+      // A FunctionNode always has its arguments, an AggregateFunctionNode its aggregated.
       const args = (node as { arguments?: readonly unknown[], aggregated?: readonly unknown[] })
-      const construct = functionRefusal(simple[1]!.toLowerCase(), (args.arguments ?? args.aggregated ?? []).length)
+      const construct = functionRefusal(simple[1]!.toLowerCase(), (args.arguments ?? args.aggregated)!.length)
       if (construct !== null) refuse(construct)
       return
     }
@@ -321,6 +319,7 @@ export class RawSqlGuard {
 }
 
 function remember (cache: Map<string, Summary>, text: string, summary: Summary): void {
+  // Reached after 1,000 texts: what it bounds is memory, which no answer shows.
   if (cache.size >= CACHE_SIZE) cache.clear()
   cache.set(text, summary)
 }

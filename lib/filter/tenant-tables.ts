@@ -116,7 +116,7 @@ export class TenantTables {
     for (const part of parts) {
       for (const [key, entry] of [...part.#unqualified, ...part.#qualified]) {
         const before = entries[key]
-        entries[key] = before === undefined ? entry : { kind: before.kind === 'must' ? 'must' : entry.kind, relation: before.relation ?? entry.relation }
+        entries[key] = before === undefined ? entry : { kind: before.kind === 'must' ? 'must' : entry.kind, relation: before.relation }
       }
       if (part.#known === undefined) known = undefined
       else if (known !== undefined) for (const key of part.#known) known.add(key)
@@ -205,7 +205,8 @@ export async function discoverTenantTables (db: CatalogQueryable, column?: strin
   const known: string[] = []
   for (const row of rows) {
     known.push(row.name, `${row.schema}.${row.name}`)
-    if (row.not_null !== null) entries[`${row.schema}.${row.name}`] = { kind: row.not_null ? 'must' : 'may', relation: RELKINDS[row.relkind] ?? 'table' }
+    // CATALOG_RELATIONS reads only the relkinds of RELKINDS.
+    if (row.not_null !== null) entries[`${row.schema}.${row.name}`] = { kind: row.not_null ? 'must' : 'may', relation: RELKINDS[row.relkind]! }
   }
   return new TenantTables(entries, known)
 }
