@@ -28,6 +28,10 @@ await query(url, `
   create schema tenant_s;
   create table tenant_s.student (id int not null, iid int not null, name text not null, course_id int);
   insert into tenant_s.student values (1, 9, 'schema student', null);
+  create schema tenant_t;
+  create table tenant_t.student (id int not null, iid int not null, name text not null, course_id int);
+  insert into tenant_t.student values (1, 10, 'other schema student', null);
+  create function public.drift() returns int language plpgsql as $$ begin perform set_config('search_path', 'tenant_t', false); return 1; end $$;
   create view student_view as select id, iid, name from student;
   create view student_names_only as select name from student;
   create sequence ticket`)
@@ -280,6 +284,27 @@ t.test('Resolution: a custom resolver passes only by returning undefined', async
   t.equal(await nameWith(''), '', '\'\' names the default instance')
   await t.rejects(nameWith(null), { code: 'TENANCY_INVALID_INSTANCE_NAME', statusCode: 400 }, 'null is not a pass')
   await t.rejects(nameWith(false), { code: 'TENANCY_INVALID_INSTANCE_NAME' }, 'nor is false')
+})
+
+t.test('Resolution: ports maps the socket\'s local port, not the port in the client\'s Host header', async (t) => {
+  const store = new InstanceRegistry([{ name: '', id: 1 }, { name: 'acme', id: 2 }], ['default'])
+  const resolve = createInstanceResolver(store, { ports: { 3001: 'acme' } })
+  const nameOn = async (localPort: number, host: string): Promise<string | undefined> =>
+    (await resolve({ headers: { host }, hostname: 'localhost', url: '/', socket: { localPort } }))?.name
+  t.equal(await nameOn(3001, 'localhost:3002'), 'acme')
+  t.equal(await nameOn(3002, 'localhost:3001'), '', 'a Host header naming the mapped port does not reach acme')
+})
+
+t.test('Schema mode, session state: a function that changes the session unseen leaves the change on the pooled connection (a documented limit)', async (t) => {
+  const where = async (): Promise<unknown> => (await sql<{ pid: number, schema: string, name: string }>`select pg_backend_pid() as pid, current_schema() as schema, (select name from student limit 1) as name`.execute(db)).rows[0]
+  const before = await tenancy.runAsInstance('s', where) as { pid: number }
+  await tenancy.runAsInstance('s', () => sql`select public.drift()`.execute(db))
+  t.same(await tenancy.runAsInstance('s', where), { pid: before.pid, schema: 'tenant_t', name: 'other schema student' },
+    'the next checkout of s gets the same connection, still in the schema the function chose: the text showed no session change')
+  t.same(await tenancy.runAsInstance('s', () => db.selectFrom('student').select('name').execute()), [], 'the tenant filter, its second line, still keeps out the rows of another iid')
+  // A statement the routing pool sees as a session change gets the connection destroyed.
+  await tenancy.runAsInstance('s', () => sql`set search_path to default`.execute(db))
+  t.match(await tenancy.runAsInstance('s', where), { schema: 'tenant_s', name: 'schema student' })
 })
 
 t.test('Errors: a message quotes the bad value cut to 80 characters', async (t) => {
