@@ -50,6 +50,25 @@ appUrl.password = 'bench'
 
 const tables = { student: 'must', course: 'must' } as const
 const hand = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: CONCURRENCY }) }) })
+// The like-for-like baseline of the prepared variant: hand-written, each text
+// with parameters sent as a named statement, as pg does when given a name.
+const handNames = new Map<string, string>()
+const handPool = new pg.Pool({ connectionString: url, max: CONCURRENCY })
+const nameOf = (text: string): string => handNames.get(text) ?? handNames.set(text, `hand_${handNames.size + 1}`).get(text)!
+const handPrepared = new Kysely<DB>({
+  dialect: new PostgresDialect({
+    pool: {
+      connect: async () => {
+        const client = await handPool.connect()
+        return {
+          query: (text: string, values?: unknown[]) => values !== undefined && values.length > 0 ? client.query({ name: nameOf(text), text, values }) : client.query(text, values),
+          release: () => { client.release() },
+        }
+      },
+      end: async () => { await handPool.end() },
+    } as never,
+  }),
+})
 const filtered = hand.withPlugin(new InstanceFilterPlugin({ tables }))
 // Both sides run as the application role; the policies are bypassed by the
 // table owner only without FORCE, so hand-written and plugin runs see RLS cost too
@@ -57,6 +76,9 @@ const filtered = hand.withPlugin(new InstanceFilterPlugin({ tables }))
 const instances = [{ name: '', id: 1 }, { name: 'b', id: ID }]
 const rlsTenancy = await createTenancy({ instances, datasources: { default: appUrl.toString() }, tables, rls: true, pool: { max: CONCURRENCY } })
 const rls = rlsTenancy.kysely<DB>()
+// The same with `preparedStatements`: each text planned once per connection.
+const rlsPreparedTenancy = await createTenancy({ instances, datasources: { default: appUrl.toString() }, tables, rls: true, preparedStatements: true, pool: { max: CONCURRENCY } })
+const rlsPrepared = rlsPreparedTenancy.kysely<DB>()
 // What an application uses: the tenancy's own Kysely (routing pool and filter), as the same user as hand-written.
 const plainTenancy = await createTenancy({ instances, datasources: { default: url }, tables, pool: { max: CONCURRENCY } })
 const tenancyDb = plainTenancy.kysely<DB>()
@@ -127,9 +149,9 @@ async function qps (set: ReturnType<typeof queries>, tenancy: Tenancy = plainTen
 const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
 const rlsSet = queries(rls, false)
-const variants = { hand: handSet, plugin: pluginSet, tenancy: queries(tenancyDb, false), rls: rlsSet }
-const samples: Record<keyof typeof variants, Throughput[]> = { hand: [], plugin: [], tenancy: [], rls: [] }
-const tenancyOf = (name: keyof typeof variants): Tenancy => name === 'rls' ? rlsTenancy : plainTenancy
+const variants = { hand: handSet, handPrepared: queries(handPrepared, true), plugin: pluginSet, tenancy: queries(tenancyDb, false), rls: rlsSet, rlsPrepared: queries(rlsPrepared, false) }
+const samples: Record<keyof typeof variants, Throughput[]> = { hand: [], handPrepared: [], plugin: [], tenancy: [], rls: [], rlsPrepared: [] }
+const tenancyOf = (name: keyof typeof variants): Tenancy => name === 'rls' ? rlsTenancy : name === 'rlsPrepared' ? rlsPreparedTenancy : plainTenancy
 for (const name of Object.keys(variants) as Array<keyof typeof variants>) await qps(variants[name], tenancyOf(name)) // warm-up
 for (let round = 0; round < ROUNDS; round++) {
   // The order rotates so that no variant always runs first or last.
@@ -158,9 +180,14 @@ line('hand-written', e2e.hand, '')
 line('plugin', e2e.plugin, `  (${(e2e.plugin.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s, target ≥ 97%; CPU +${(e2e.plugin.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
 line('tenancy.kysely()', e2e.tenancy, `  (${(e2e.tenancy.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s; CPU +${(e2e.tenancy.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
 line('tenancy.kysely() + rls', e2e.rls, `  (${(e2e.rls.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s; CPU +${(e2e.rls.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
+line('hand-written, prepared', e2e.handPrepared, `  (${(e2e.handPrepared.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s)`)
+line('+ rls, preparedStatements', e2e.rlsPrepared, `  (${(e2e.rlsPrepared.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s, target ≥ 90%; ` +
+  `${(e2e.rlsPrepared.qps / e2e.handPrepared.qps * 100).toFixed(1)}% of hand-written prepared; CPU +${(e2e.rlsPrepared.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
 
 await hand.destroy()
 await rlsTenancy.close()
+await rlsPreparedTenancy.close()
+await handPrepared.destroy()
 await plainTenancy.close()
 await admin.query('drop table if exists student, course; drop role if exists bench_app')
 await admin.end()

@@ -5,7 +5,7 @@ import { type Instance, type InstanceConfig, type InstanceName } from './instanc
 import { InstanceRegistry, requireInstance, type InstanceStore } from './instances/instance-registry.js'
 import { DatabaseStore } from './instances/database-store.js'
 import { PoolManager, type DatasourceConfig, type PoolSettings } from './routing/pool-manager.js'
-import { RoutingPool } from './routing/routing-pool.js'
+import { RoutingPool, preparedStatementsPerConnection } from './routing/routing-pool.js'
 import type { SessionSettings } from './routing/session-state.js'
 import { InstanceFilterPlugin } from './filter/instance-filter-plugin.js'
 import { TenantTables, type TenantTablesOption } from './filter/tenant-tables.js'
@@ -77,6 +77,18 @@ export interface TenancyOptions {
    * Defaults to `false`.
    */
   rls?: boolean
+  /**
+   * `tenancy.kysely()` sends each statement that has parameters as a named
+   * prepared statement, so that PostgreSQL parses and plans it once per
+   * connection instead of once per query: up to this many distinct texts per
+   * connection (`true`: 100), later ones unnamed. Worth most with `rls`, whose
+   * policies are mostly planning cost. PostgreSQL plans again when the
+   * `search_path`, the role or a table changes; a `select *` whose columns a
+   * migration changed fails once per connection inside a transaction (sent again
+   * unnamed outside one). Refused with `pgbouncer: 'transaction'`.
+   * Defaults to `false`.
+   */
+  preparedStatements?: boolean | number
   /**
    * Follow changes to the tables made by any process (a migration run
    * elsewhere, another server): one connection per watched datasource, outside
@@ -183,6 +195,7 @@ export class Tenancy implements ContextOwner {
   readonly #discoversTables: boolean
   readonly #lifecycle: InstanceLifecycle
   readonly #transactionPooling: boolean
+  readonly #preparedStatements: number
   readonly #doctorSettings: DoctorSettings
 
   /** @internal use {@link createTenancy} */
@@ -201,6 +214,7 @@ export class Tenancy implements ContextOwner {
     }
     this.#transactionPooling = options.pgbouncer === 'transaction'
     if (this.#transactionPooling) refuseUnderTransactionPooling(options)
+    this.#preparedStatements = preparedStatementsPerConnection(options.preparedStatements, this.#transactionPooling)
     if (options.watchTables === true && options.tables !== undefined) throw new InvalidOptionsError('watchTables follows discovered tables: leave out the tables option, or watchTables')
     this.#settings = options.rls === true ? withSettings(options.settings, rowLevelSecuritySettings()) : options.settings
     this.#strict = options.strict === true
@@ -294,7 +308,7 @@ export class Tenancy implements ContextOwner {
     if (this.#tenantTables === undefined) throw new InvalidOptionsError('the tenant tables are not known yet: create the tenancy with createTenancy(), which discovers them')
     const context = (): TenancyContext | undefined => contextOf(this)
     this.#kysely = new Kysely<any>({
-      dialect: new PostgresDialect({ pool: new RoutingPool(this.#pools, { settings: this.#settings, context, transactionPooling: this.#transactionPooling }) }),
+      dialect: new PostgresDialect({ pool: new RoutingPool(this.#pools, { settings: this.#settings, context, transactionPooling: this.#transactionPooling, preparedStatements: this.#preparedStatements }) }),
       plugins: [new InstanceFilterPlugin({ tables: () => this.#tenantTables!, tenantColumn: this.tenantColumn, rawSqlGuard: this.#rawSqlGuard, context })],
     })
     return this.#kysely as Kysely<DB>

@@ -17,6 +17,11 @@ function isConnectionCode (err: unknown): boolean {
   return code.startsWith('08') || code.startsWith('57P')
 }
 
+/** PostgreSQL refuses to run a prepared statement whose result columns changed since it was prepared (a `select *` after a migration). */
+function isStalePlan (err: unknown): boolean {
+  return err instanceof pg.DatabaseError && err.code === '0A000' && err.message.includes('cached plan must not change result type')
+}
+
 /**
  * Why a connection given back is destroyed rather than pooled again: Kysely
  * asked, the connection was lost, a statement may have changed its session,
@@ -50,15 +55,17 @@ export class RoutedClient implements PostgresPoolClient {
   #owner: Instance | undefined
   #lost = false
   readonly #transactionPooling: boolean
+  readonly #prepared: number
   // Under transaction pooling: the statement that sets this checkout's schema,
   // role and settings for one transaction ('' when it needs none), and whether
   // the transaction open now has had it.
   #local = ''
   #localReady = false
 
-  constructor (client: pg.PoolClient, session: SessionState, giveBack: (lease: Lease, reason: DiscardReason | undefined) => void, context: () => TenancyContext | undefined, transactionPooling = false) {
+  constructor (client: pg.PoolClient, session: SessionState, giveBack: (lease: Lease, reason: DiscardReason | undefined) => void, context: () => TenancyContext | undefined, transactionPooling = false, prepared = 0) {
     this.#client = client
     this.#transactionPooling = transactionPooling
+    this.#prepared = prepared
     this.session = session
     this.#giveBack = giveBack
     this.#context = context
@@ -124,7 +131,7 @@ export class RoutedClient implements PostgresPoolClient {
     if (refused) return Promise.reject(refused)
     this.session.observe(sqlOrCursor)
     if (this.#local !== '') return this.#runLocal<R>(sqlOrCursor, parameters)
-    return this.#run<R>(sqlOrCursor, parameters)
+    return this.#run<R>(sqlOrCursor, parameters, this.#prepared > 0)
   }
 
   /**
@@ -196,12 +203,27 @@ export class RoutedClient implements PostgresPoolClient {
     }
   }
 
-  async #run<R> (sql: string, parameters: ReadonlyArray<unknown> | undefined): Promise<PostgresQueryResult<R>> {
+  /**
+   * Sends one statement; `named`: as a prepared statement when the session
+   * gives it a name (only a text with parameters: pg sends one without them in
+   * the simple protocol, which may hold several statements and cannot be prepared).
+   */
+  async #run<R> (sql: string, parameters: ReadonlyArray<unknown> | undefined, named = false): Promise<PostgresQueryResult<R>> {
+    const name = named && parameters !== undefined && parameters.length > 0 ? this.session.statementName(sql, this.#prepared) : undefined
     try {
-      return await this.#client.query(sql, parameters as unknown[]) as unknown as PostgresQueryResult<R>
+      const query = name === undefined ? this.#client.query(sql, parameters as unknown[]) : this.#client.query({ name, text: sql, values: parameters as unknown[] })
+      return await query as unknown as PostgresQueryResult<R>
     } catch (err) {
-      if (!this.#noteLoss(err)) throw err
-      throw Object.assign(new DatasourceUnavailableError(this.#label()), { cause: err })
+      if (this.#noteLoss(err)) throw Object.assign(new DatasourceUnavailableError(this.#label()), { cause: err })
+      if (name !== undefined && isStalePlan(err)) {
+        // PostgreSQL refused at Bind, before running anything, and keeps
+        // refusing that name on this connection: no more names here, and the
+        // connection is destroyed on release. Outside a transaction the
+        // statement is sent again unnamed; inside one the transaction has failed.
+        this.session.distrust()
+        if (this.#client.getTransactionStatus() === 'I') return await this.#run<R>(sql, parameters)
+      }
+      throw err
     }
   }
 

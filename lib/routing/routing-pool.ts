@@ -1,7 +1,7 @@
 import type pg from 'pg'
 import type { PostgresPool, PostgresPoolClient } from 'kysely'
 import { currentContext, type TenancyContext } from '../context.js'
-import { SessionError } from '../errors.js'
+import { InvalidOptionsError, SessionError } from '../errors.js'
 import type { Lease, PoolManager } from './pool-manager.js'
 import { RoutedClient, type DiscardReason } from './routed-client.js'
 import { SessionState, localChanges, sessionTarget, type SessionSettings } from './session-state.js'
@@ -27,6 +27,28 @@ export interface RoutingPoolOptions {
    * stay on a server connection that other clients get next. Defaults to `false`.
    */
   transactionPooling?: boolean
+  /**
+   * Sends the statements that have parameters as named prepared statements,
+   * up to this many distinct texts per connection (later ones unnamed), so
+   * that PostgreSQL parses and plans each text once per connection instead of
+   * once per query: what row-level security's policies cost is mostly
+   * planning. Plans are re-made by PostgreSQL when the `search_path`, the role
+   * or a table changes. `true` is 100; not with `transactionPooling`.
+   * Defaults to `false` (none).
+   */
+  preparedStatements?: boolean | number
+}
+
+/** @internal The per-connection limit of the `preparedStatements` option (0 for none); throws `TENANCY_INVALID_OPTIONS` on a bad one. */
+export function preparedStatementsPerConnection (option: boolean | number | undefined, transactionPooling: boolean): number {
+  const max = option === true ? 100 : option === false || option === undefined ? 0 : option
+  if (typeof max !== 'number' || !Number.isInteger(max) || max < 0) {
+    throw new InvalidOptionsError(`preparedStatements must be true, false or a whole number of statements per connection, not ${JSON.stringify(option)}`)
+  }
+  if (max > 0 && transactionPooling) {
+    throw new InvalidOptionsError('preparedStatements keeps prepared statements in the server session, which PgBouncer\'s transaction pooling (pgbouncer: \'transaction\') does not keep from one transaction to the next: leave it out, or use session pooling')
+  }
+  return max
 }
 
 /** Counters of a {@link RoutingPool}, since it was made. */
@@ -77,6 +99,7 @@ export class RoutingPool implements PostgresPool {
   readonly #settings: SessionSettings | undefined
   readonly #context: () => TenancyContext | undefined
   readonly #transactionPooling: boolean
+  readonly #prepared: number
   readonly #routed = new WeakMap<pg.PoolClient, RoutedClient>()
   #checkouts = 0
   #sessionChanges = 0
@@ -91,6 +114,7 @@ export class RoutingPool implements PostgresPool {
     this.#settings = options.settings
     this.#context = options.context ?? currentContext
     this.#transactionPooling = options.transactionPooling === true
+    this.#prepared = preparedStatementsPerConnection(options.preparedStatements, this.#transactionPooling)
     // Loading blocks the event loop for a moment: start it now, at start-up,
     // so the first checkout does not wait for it; a failure surfaces there.
     if (!SessionState.loaded) SessionState.load().catch(() => {})
@@ -112,7 +136,7 @@ export class RoutingPool implements PostgresPool {
     const lease = await this.#pools.acquireAsIs(instance?.datasource ?? 'default', label)
     let routed = this.#routed.get(lease.client)
     if (routed === undefined) {
-      routed = new RoutedClient(lease.client, this.#pools.sessionOf(lease.client), this.#giveBack, this.#context, this.#transactionPooling)
+      routed = new RoutedClient(lease.client, this.#pools.sessionOf(lease.client), this.#giveBack, this.#context, this.#transactionPooling, this.#prepared)
       this.#routed.set(lease.client, routed)
     }
     this.#checkouts++

@@ -261,6 +261,22 @@ export function localChanges (target: SessionTarget): string {
   return calls.length === 0 ? '' : `select ${calls.join(', ')}`
 }
 
+// Statement names are process-wide, so every routing pool that uses a
+// connection gives a text the same name: pg refuses one name for two texts on
+// one connection. A name is never reused; past the bound, new texts run unnamed.
+const MAX_NAMED_TEXTS = 10_000
+const MAX_NAMED_CHARS = 10_000
+const statementNames = new Map<string, string>()
+
+function nameOf (text: string): string | undefined {
+  let name = statementNames.get(text)
+  if (name === undefined && statementNames.size < MAX_NAMED_TEXTS && text.length <= MAX_NAMED_CHARS) {
+    name = `tenancy_${statementNames.size + 1}`
+    statementNames.set(text, name)
+  }
+  return name
+}
+
 /**
  * What one pooled connection's session carries, as far as this library set it.
  * A new connection starts at the server defaults, so the shared-mode path
@@ -288,6 +304,7 @@ export class SessionState {
   #role: string | null = null
   #settings: Readonly<Record<string, string>> = NO_SETTINGS
   #trusted = true
+  #prepared: Set<string> | undefined
 
   /** Loads PostgreSQL's parser, which {@link observe} needs; until then every statement counts as a session change. */
   static async load (): Promise<void> {
@@ -348,6 +365,35 @@ export class SessionState {
    */
   observe (sql: string | undefined): void {
     if (this.#trusted && (sql === undefined || changesSession(sql))) this.#trusted = false
+  }
+
+  /**
+   * The name to send `text` under as a prepared statement on this connection
+   * (`preparedStatements`), so that PostgreSQL parses and plans it once per
+   * connection rather than once per query; `undefined` to send it unnamed:
+   * once the session is not {@link trusted} (a `DISCARD` or `DEALLOCATE` may
+   * have dropped what was prepared), or when `max` other texts are prepared
+   * on it already. The first use of a name prepares it.
+   *
+   * ```ts
+   * state.statementName('select * from "student" where "student"."iid" = $1', 100) // 'tenancy_1'
+   * ```
+   */
+  statementName (text: string, max: number): string | undefined {
+    if (!this.#trusted) return undefined
+    const name = nameOf(text)
+    if (name === undefined) return undefined
+    const prepared = this.#prepared ??= new Set()
+    if (!prepared.has(name)) {
+      if (prepared.size >= max) return undefined
+      prepared.add(name)
+    }
+    return name
+  }
+
+  /** After a prepared statement's plan could not be used again (see RoutedClient): no more names on this connection, which is destroyed on release. */
+  distrust (): void {
+    this.#trusted = false
   }
 
   /** False once a statement may have changed the session: the connection must then be destroyed. */
