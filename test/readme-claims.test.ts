@@ -143,12 +143,16 @@ t.test('Strict raw SQL: a CTE named like a tenant table, DDL, a BEGIN ATOMIC bod
     ['DDL: create index', sql`create index on student (name)`, /"student"/],
     ['DDL: alter table', sql`alter table "public"."student" add column x int`, /"public\.student"/],
     ['a BEGIN ATOMIC body naming a tenant table', sql`create function f_names() returns setof text begin atomic select name from student; end`, /"student"/],
+    ['the target of an INSERT', sql`insert into student (id, iid, name) values (70, 2, 'x')`, /"student"/],
+    ['the target of an UPDATE', sql`update "role" set name = name`, /"role"/],
+    ['CREATE PROCEDURE with a body in a string', sql`create procedure p_text() language sql as 'select 1'`, /CREATE FUNCTION or PROCEDURE with a body in a string/],
   ] as const
   for (const [label, statement, message] of refused) {
     await t.rejects(strict.runAsInstance('a', () => statement.execute(sdb)), { code: 'TENANCY_RAW_SQL', statusCode: 500, message }, label)
   }
   t.same(await query(url, "select count(*)::int as n from pg_indexes where tablename = 'student'"), [{ n: 1 }], 'no index was made (only the primary key)')
-  t.same(await query(url, "select count(*)::int as n from pg_proc where proname = 'f_names'"), [{ n: 0 }], 'no function was made')
+  t.same(await query(url, "select count(*)::int as n from pg_proc where proname in ('f_names', 'p_text')"), [{ n: 0 }], 'no function or procedure was made')
+  t.same(await query(url, "select count(*)::int as n from student where id = 70"), [{ n: 0 }], 'nothing was inserted')
   await t.rejects(strict.runAsInstance('a', () => sql`selec name from student`.execute(sdb)), { code: '42601' }, 'the server rejects what the parser cannot read')
 })
 
@@ -163,6 +167,7 @@ t.test('Row-level security: what the policies make of the setting, and statement
   const rlsTables = { student: 'must', role: 'may' } as const
   for (const statement of rowLevelSecurityStatements(rlsTables)) await query(url, statement)
   for (const statement of rowLevelSecurityStatements(rlsTables)) await query(url, statement)
+  t.same(rowLevelSecurityStatements({ remote: { kind: 'must', relation: 'foreign table' } }), [], 'a foreign table gets no statement')
   t.same(await query(url, "select polrelid::regclass::text as t, count(*)::int as n from pg_policy where polrelid in ('student'::regclass, 'role'::regclass) group by 1 order by 1"),
     [{ t: 'role', n: 1 }, { t: 'student', n: 1 }], 'run twice: one policy per table, replaced')
   t.teardown(async () => { await query(url, 'alter table student disable row level security; alter table role disable row level security') })
@@ -284,6 +289,17 @@ t.test('Resolution: a custom resolver passes only by returning undefined', async
   t.equal(await nameWith(''), '', '\'\' names the default instance')
   await t.rejects(nameWith(null), { code: 'TENANCY_INVALID_INSTANCE_NAME', statusCode: 400 }, 'null is not a pass')
   await t.rejects(nameWith(false), { code: 'TENANCY_INVALID_INSTANCE_NAME' }, 'nor is false')
+})
+
+t.test('Resolution: no cookie is read unless cookie names one', async (t) => {
+  const store = new InstanceRegistry([{ name: '', id: 1 }, { name: 'acme', id: 2 }], ['default'])
+  const request: ResolveRequest = { headers: { cookie: 'x-instance-name=acme; instance=acme; tenant=acme' }, url: '/' }
+  t.equal((await createInstanceResolver(store, {})(request))?.name, '', 'by default: the fallback, not acme')
+  t.equal((await createInstanceResolver(store, { cookie: 'tenant' })(request))?.name, 'acme')
+})
+
+t.test('Tables that change at run time: createTenancy fails when default cannot be read', async (t) => {
+  await t.rejects(createTenancy({ instances: [{ name: 'a', id: 1 }], datasources: { default: 'postgres://postgres:postgres@127.0.0.1:1/nowhere' }, doctor: false }), { code: 'TENANCY_DATASOURCE_UNAVAILABLE' })
 })
 
 t.test('Resolution: ports maps the socket\'s local port, not the port in the client\'s Host header', async (t) => {
