@@ -68,6 +68,23 @@ t.test('when every pool is busy a new datasource waits for a slot, and fails wit
   pools.release(c)
 })
 
+t.test('removing a datasource fails the callers waiting for a pool slot for it', async (t) => {
+  const pools = new PoolManager(urls, { maxPools: 2, pool: { connectionTimeoutMillis: 20000 } })
+  t.teardown(() => pools.close())
+  const a = await pools.acquire('a')
+  const c = await pools.acquire('c')
+  const removed = pools.acquire('b', 'beta').catch((err: unknown) => err)
+  const other = pools.acquire('default')
+  await until(() => pools.counts().waiting === 2, 'b and default wait for a slot')
+  pools.removeDatasource('b')
+  t.match(await removed, { code: 'TENANCY_DATASOURCE_UNAVAILABLE', statusCode: 503, message: /"b"/ })
+  t.equal(pools.counts().waiting, 1, 'the other datasource still waits')
+  pools.release(a)
+  const got = await other
+  t.equal(await database(got), dbName(urls.default), 'and gets the next slot')
+  for (const lease of [got, c]) pools.release(lease)
+})
+
 t.test('per-datasource max and connection timeout: an exhausted pool fails with 503', async (t) => {
   // Long enough for the first connect on a loaded machine; the second acquire waits it out.
   const pools = new PoolManager({ ...urls, a: { connectionString: urls.a, max: 1, connectionTimeoutMillis: 1000 } }, { pool: { max: 3 } })

@@ -2,8 +2,11 @@ import t from 'tap'
 import { randomBytes } from 'node:crypto'
 import { AbortedTransactionError, sql, type Generated, type Kysely, type Transaction } from 'kysely'
 import { createTenancy, RoutingPool, SessionState } from '../lib/index.js'
-import { changesSession } from '../lib/routing/session-state.js'
+import { changesSession, transactionControl } from '../lib/routing/session-state.js'
 import { adminQuery, createDatabase, query } from './helpers/database.js'
+
+// Before PostgreSQL's parser is loaded no text can be read: each may change the session.
+t.equal(changesSession('select 1'), true, 'before the parser is loaded, even select 1 may change the session')
 
 // Schema mode: search_path and SET ROLE per checkout, applied only when they
 // differ, never left behind for the next user. The default pool has one
@@ -348,6 +351,11 @@ t.test('changesSession reads every statement with PostgreSQL\'s parser', async (
     'select pg_temperature from readings', 'notify x', 'unlisten *', 'lock table note in share mode', 'explain select 1', '  ;  ',
   ]
   for (const text of keeps) t.notOk(changesSession(text), `keeps the session: ${text}`)
+  t.notOk(changesSession('/* nothing */'), 'a text of comments only')
+  const controls: Array<[string, string]> = [
+    ['select 1; select 2', 'none'], ['/* nothing */', 'none'], ['begin', 'start'], ['commit and chain', 'end'], ['select 1; commit', 'several'], ['selec 1', 'several'],
+  ]
+  for (const [text, control] of controls) t.equal(transactionControl(text), control, `transactionControl: ${text}`)
 })
 
 t.test('schema and role names are validated at start-up', async (t) => {

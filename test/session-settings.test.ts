@@ -40,3 +40,19 @@ t.test('three settings set in one checkout, then cleared or replaced on the same
   const host = await ten.runAsHost(seen)
   t.same({ ...host, pid: undefined }, { pid: undefined, iid: '', plan: '', region: '' }, 'host context: none')
 })
+
+t.test('settings that are no strings or no setting names are refused at checkout, in both pool modes, and the connection goes back', async (t) => {
+  const wrong: Array<[Record<string, unknown>, RegExp]> = [
+    [{ 'tenancy.plan': 5 }, /the session setting "tenancy\.plan" must be a string, not number/],
+    [{ 'no such name!': 'x' }, /"no such name!" is not a valid session setting name/],
+  ]
+  for (const transactionPooling of [false, true]) {
+    for (const [settings, message] of wrong) {
+      const bad = new RoutingPool(ten.pools, { context: () => ten.context(), transactionPooling, settings: (context) => (context?.instance?.name === 'b' ? settings : {}) as Record<string, string> })
+      const badDb = new Kysely<Record<string, never>>({ dialect: new PostgresDialect({ pool: bad }) })
+      await t.rejects(ten.runAsInstance('b', () => sql`select 1`.execute(badDb)), { code: 'TENANCY_INVALID_OPTIONS', message }, `${message.source} (transactionPooling ${transactionPooling})`)
+      // The pool has one connection: the next checkout gets it.
+      t.same((await ten.runAsInstance('a', () => sql<{ n: number }>`select 1 as n`.execute(badDb))).rows, [{ n: 1 }], 'the connection was given back')
+    }
+  }
+})

@@ -197,6 +197,7 @@ t.test('framework-free: the claim resolver in the chain, and createInstanceBindi
   t.throws(() => bind({ headers: { 'x-instance-name': 'b' }, url: '/' }, { iid: 2 }), { code: 'TENANCY_INSTANCE_FORBIDDEN' })
   t.same(bind({ headers: {}, url: '/' }, { iid: 2 }), { resolution: tenancy.getInstance('a'), hostToken: false }, 'a token that asks for nothing needs no fallback')
   t.throws(() => bind({ headers: {}, url: '/' }, undefined), { code: 'TENANCY_INSTANCE_REQUIRED' }, 'no token, nothing asked: the fallback (reject)')
+  t.throws(() => bind({ headers: {}, url: '/' }, 'a token whose claims are a string'), { code: 'TENANCY_INSTANCE_FORBIDDEN', message: /no iid claim/ }, 'claims that are no object hold no claim')
   t.same(bind({ headers: { 'x-instance-name': 'b' }, url: '/' }, { iid: 'host' }, (instance) => instance.id === 3), { resolution: tenancy.getInstance('b'), hostToken: true })
   const slow = createInstanceBinding(tenancy.instances, { claim: 'iid', getInstanceName: async () => 'nope' })
   await t.rejects(slow({ headers: {}, url: '/' }, { iid: 2 }) as Promise<unknown>, { code: 'TENANCY_INSTANCE_FORBIDDEN' }, 'an async resolver that names an unknown instance: forbidden for a token')

@@ -73,8 +73,8 @@ export function createInstanceBinding (store: InstanceStore, options: ResolveOpt
   const decide = (request: ResolveRequest, owner: TokenOwner, wanted: Resolution, hostAccess: HostAccess): BoundResolution | Promise<BoundResolution> => {
     if (owner.kind === 'none') {
       if (wanted !== null) return { resolution: wanted, hostToken: false }
-      const fell = fallback(request)
-      return fell instanceof Promise ? fell.then((resolution) => ({ resolution, hostToken: false })) : { resolution: fell, hostToken: false }
+      // With no resolver in its order, the fallback answers at once: it is never a promise.
+      return { resolution: fallback(request) as Resolution, hostToken: false }
     }
     if (owner.kind === 'instance') {
       if (wanted === null || wanted.id === owner.instance.id) return { resolution: owner.instance, hostToken: false }

@@ -81,11 +81,6 @@ export class ConnectionBudget {
     this.#pools = pools
   }
 
-  /** The limit. */
-  get max (): number {
-    return this.#max
-  }
-
   /** Checkouts waiting for room. */
   get waiting (): number {
     return this.#waiting
@@ -103,6 +98,8 @@ export class ConnectionBudget {
       const waiter: Waiter = { entry, label, resolve, reject, timer: undefined }
       if (timeoutMillis > 0) {
         waiter.timer = setTimeout(() => {
+          // Never false: every other way out of the queue clears this timer first. Kept so
+          // that a timer can never take another waiter's place.
           if (!this.#remove(waiter)) return
           const cause = new Error(`No connection of datasource ${JSON.stringify(entry.datasource)} could be had for ${timeoutMillis} ms: its pool had all ${entry.max} checked out, or all ${this.#max} connections of the budget (maxConnections) were in use.`)
           reject(Object.assign(new DatasourceUnavailableError(quote(label)), { cause }))
