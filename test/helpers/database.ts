@@ -1,6 +1,16 @@
 import pg from 'pg'
 import { randomBytes } from 'node:crypto'
 
+// Every createTenancy() of a test runs the doctor (doctor: 'warn' by default),
+// whose findings on the suite's throwaway databases would flood the output.
+// Node's own printer of warnings, the listener there before any test's, skips
+// them; the 'warning' events still reach every other listener, so a test about
+// the doctor sees each of them.
+for (const print of process.listeners('warning')) {
+  process.off('warning', print)
+  process.on('warning', (warning) => { if (warning.name !== 'TenancyDoctorWarning') print(warning) })
+}
+
 /** The server the suite runs against: `scripts/test.js` sets it. */
 export function serverUrl (): string {
   const url = process.env.DATABASE_URL
