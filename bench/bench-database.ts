@@ -52,6 +52,29 @@ export function median (values: number[]): number {
   return sorted[Math.floor(sorted.length / 2)]!
 }
 
+export type Distribution = 'zipf' | 'uniform'
+
+/** A seeded generator of indexes below `n`: Zipf with s = 1 (index 0 the most frequent), or uniform. */
+export function picker (distribution: Distribution, n: number, seed: number): () => number {
+  let state = seed
+  const random = (): number => { state = (state * 1103515245 + 12345) % 2147483648; return state / 2147483648 }
+  if (distribution === 'uniform') return () => Math.floor(random() * n)
+  const cumulative: number[] = []
+  let sum = 0
+  for (let k = 1; k <= n; k++) { sum += 1 / k; cumulative.push(sum) }
+  return () => {
+    const target = random() * sum
+    let lo = 0
+    let hi = n - 1
+    while (lo < hi) {
+      const mid = (lo + hi) >> 1
+      if (cumulative[mid]! < target) lo = mid + 1
+      else hi = mid
+    }
+    return lo
+  }
+}
+
 /** The databases of {@link createItemFleet} and the instances over them. */
 export interface ItemFleet {
   /** The isolated databases, `<label>_0` … `<label>_<n-1>`. */

@@ -18,7 +18,7 @@
 import os from 'node:os'
 import pg from 'pg'
 import { createTenancy, type Tenancy } from '../lib/index.js'
-import { benchServer, createItemFleet, median, withDatabase, type ItemFleet } from './bench-database.js'
+import { benchServer, picker, type Distribution, createItemFleet, median, withDatabase, type ItemFleet } from './bench-database.js'
 
 const N = Number(process.env.BENCH_INSTANCES ?? 200)
 const BUDGETS = (process.env.BENCH_BUDGETS ?? '40,80').split(',').map(Number)
@@ -29,33 +29,10 @@ const POOL_MAX = 2
 
 interface DB { item: { id: number, iid: number, v: number } }
 
-type Distribution = 'zipf' | 'uniform'
-
-/** A seeded generator of instance indexes: Zipf with s = 1 (index 0 the most frequent), or uniform. */
-function picker (distribution: Distribution, seed: number): () => number {
-  let state = seed
-  const random = (): number => { state = (state * 1103515245 + 12345) % 2147483648; return state / 2147483648 }
-  if (distribution === 'uniform') return () => Math.floor(random() * N)
-  const cumulative: number[] = []
-  let sum = 0
-  for (let k = 1; k <= N; k++) { sum += 1 / k; cumulative.push(sum) }
-  return () => {
-    const target = random() * sum
-    let lo = 0
-    let hi = N - 1
-    while (lo < hi) {
-      const mid = (lo + hi) >> 1
-      if (cumulative[mid]! < target) lo = mid + 1
-      else hi = mid
-    }
-    return lo
-  }
-}
-
 /** Reads per second of `ops` single-row reads by CONCURRENCY jobs. */
 async function throughput (tenancy: Tenancy, names: string[], ids: number[], distribution: Distribution, seed: number, ops = OPS): Promise<number> {
   const db = tenancy.kysely<DB>()
-  const next = picker(distribution, seed)
+  const next = picker(distribution, N, seed)
   let done = 0
   const start = process.hrtime.bigint()
   await Promise.all(Array.from({ length: CONCURRENCY }, async () => {
