@@ -82,6 +82,8 @@ const rlsPrepared = rlsPreparedTenancy.kysely<DB>()
 // What an application uses: the tenancy's own Kysely (routing pool and filter), as the same user as hand-written.
 const plainTenancy = await createTenancy({ instances, datasources: { default: url }, tables, pool: { max: CONCURRENCY } })
 const tenancyDb = plainTenancy.kysely<DB>()
+const preparedTenancy = await createTenancy({ instances, datasources: { default: url }, tables, preparedStatements: true, pool: { max: CONCURRENCY } })
+const tenancyPreparedDb = preparedTenancy.kysely<DB>()
 
 // Writes spread over many rows, so that the run measures the queries rather
 // than callers queueing on one row's lock.
@@ -149,9 +151,9 @@ async function qps (set: ReturnType<typeof queries>, tenancy: Tenancy = plainTen
 const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
 const rlsSet = queries(rls, false)
-const variants = { hand: handSet, handPrepared: queries(handPrepared, true), plugin: pluginSet, tenancy: queries(tenancyDb, false), rls: rlsSet, rlsPrepared: queries(rlsPrepared, false) }
-const samples: Record<keyof typeof variants, Throughput[]> = { hand: [], handPrepared: [], plugin: [], tenancy: [], rls: [], rlsPrepared: [] }
-const tenancyOf = (name: keyof typeof variants): Tenancy => name === 'rls' ? rlsTenancy : name === 'rlsPrepared' ? rlsPreparedTenancy : plainTenancy
+const variants = { hand: handSet, handPrepared: queries(handPrepared, true), plugin: pluginSet, tenancy: queries(tenancyDb, false), tenancyPrepared: queries(tenancyPreparedDb, false), rls: rlsSet, rlsPrepared: queries(rlsPrepared, false) }
+const samples: Record<keyof typeof variants, Throughput[]> = { hand: [], handPrepared: [], plugin: [], tenancy: [], tenancyPrepared: [], rls: [], rlsPrepared: [] }
+const tenancyOf = (name: keyof typeof variants): Tenancy => name === 'rls' ? rlsTenancy : name === 'rlsPrepared' ? rlsPreparedTenancy : name === 'tenancyPrepared' ? preparedTenancy : plainTenancy
 for (const name of Object.keys(variants) as Array<keyof typeof variants>) await qps(variants[name], tenancyOf(name)) // warm-up
 for (let round = 0; round < ROUNDS; round++) {
   // The order rotates so that no variant always runs first or last.
@@ -181,12 +183,15 @@ line('plugin', e2e.plugin, `  (${(e2e.plugin.qps / e2e.hand.qps * 100).toFixed(1
 line('tenancy.kysely()', e2e.tenancy, `  (${(e2e.tenancy.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s; CPU +${(e2e.tenancy.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
 line('tenancy.kysely() + rls', e2e.rls, `  (${(e2e.rls.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s; CPU +${(e2e.rls.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
 line('hand-written, prepared', e2e.handPrepared, `  (${(e2e.handPrepared.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s)`)
+line('tenancy.kysely(), prepared', e2e.tenancyPrepared, `  (${(e2e.tenancyPrepared.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s; ` +
+  `${(e2e.tenancyPrepared.qps / e2e.handPrepared.qps * 100).toFixed(1)}% of hand-written prepared; CPU +${(e2e.tenancyPrepared.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
 line('+ rls, preparedStatements', e2e.rlsPrepared, `  (${(e2e.rlsPrepared.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s, target ≥ 90%; ` +
   `${(e2e.rlsPrepared.qps / e2e.handPrepared.qps * 100).toFixed(1)}% of hand-written prepared; CPU +${(e2e.rlsPrepared.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
 
 await hand.destroy()
 await rlsTenancy.close()
 await rlsPreparedTenancy.close()
+await preparedTenancy.close()
 await handPrepared.destroy()
 await plainTenancy.close()
 await admin.query('drop table if exists student, course; drop role if exists bench_app')
