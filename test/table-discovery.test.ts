@@ -235,6 +235,8 @@ t.test('every datasource an instance uses is read; one that cannot be reached fa
       { name: 'p1', id: 20, isolate: true, isolateClient: 'pair' },
       { name: 'p2', id: 21, isolate: true, isolateClient: 'pair' },
       { name: 'gone', id: 30, isolate: true, isolateClient: 'gone' },
+      // Two instances share it: it is watched, and its watching connection never comes up.
+      { name: 'gone2', id: 31, isolate: true, isolateClient: 'gone' },
     ],
     datasources: {
       default: url,
@@ -255,11 +257,51 @@ t.test('every datasource an instance uses is read; one that cannot be reached fa
     try { return mdb.selectFrom(table).select('id').compile().sql } catch (err) { return (err as { code: string }).code }
   })
   t.equal(compile('gone', 'setting'), 'TENANCY_UNKNOWN_TABLE', 'an unreachable datasource: tables that are not tenant tables are refused for its instances')
+  t.equal(compile('gone2', 'setting'), 'TENANCY_UNKNOWN_TABLE', 'also while its watching connection keeps failing')
   t.equal(compile('gone', 'grade'), 'select "id" from "grade" where "grade"."iid" = $1', 'tenant tables are confined')
   t.equal(compile('a', 'setting'), 'select "id" from "setting"', 'other instances are not affected')
 
   await query(shared, 'alter table score add column iid int; update score set iid = 19 + id')
   t.same(await eventually(() => mixed.runAsInstance('p1', () => mdb.selectFrom('score').select('id').execute()), [{ id: 1 }]), [{ id: 1 }], 'a change in a shared isolated database is followed')
+
+  const blackholeUrl = `postgres://postgres:postgres@127.0.0.1:${(blackhole.address() as { port: number }).port}/gone`
+  await t.rejects(createTenancy({ instances: [{ name: 'a', id: 1 }], datasources: { default: { connectionString: blackholeUrl, connectionTimeoutMillis: 300 } } }),
+    { code: 'TENANCY_DATASOURCE_UNAVAILABLE' }, 'the default datasource must be readable')
+})
+
+t.test('a superuser whose session cannot write makes no event trigger and reads a fingerprint', async (t) => {
+  const own = await createDatabase(t, 'table_watch_read_only')
+  await query(own, 'create table item (id int primary key); insert into item values (1), (2)')
+  const readOnly = new URL(own)
+  readOnly.searchParams.set('options', '-c default_transaction_read_only=on')
+  const watching = await createTenancy({ instances: [{ name: 'a', id: 1 }, { name: 'b', id: 2 }], datasources: { default: { connectionString: readOnly.toString() } } })
+  t.teardown(() => watching.close())
+  t.same(await query(own, 'select evtname from pg_event_trigger'), [], 'creating the trigger failed, and was rolled back')
+  t.same((await watchers(own)).map((row) => row.mode), ['poll'])
+  await query(own, 'alter table item add column iid int; update item set iid = id')
+  const wdb = watching.kysely<Loose>()
+  t.same(await eventually(() => watching.runAsInstance('a', () => wdb.selectFrom('item').select('id').execute()), [{ id: 1 }]), [{ id: 1 }], 'a new tenant column is seen')
+})
+
+t.test('a datasource no instance uses any more is left out of the tables, and one no longer shared is no longer watched', async (t) => {
+  const pair = await createDatabase(t, 'table_discovery_leaving')
+  await query(pair, 'create table slip (id int, iid int not null); insert into slip values (1, 50), (2, 51)')
+  const both = [{ name: 'a', id: 1 }, { name: 'p1', id: 50, isolate: true, isolateClient: 'pair' }, { name: 'p2', id: 51, isolate: true, isolateClient: 'pair' }]
+  let registry = new InstanceRegistry(both, ['default', 'pair'])
+  const store: InstanceStore = { byName: (name) => registry.byName(name), byId: (id) => registry.byId(id), list: () => registry.list() }
+  const leaving = await createTenancy({ instances: store, datasources: { default: url, pair } })
+  t.teardown(() => leaving.close())
+  t.equal(leaving.tenantTables!.toJSON()['public.slip'], 'must')
+  t.equal((await watchers(pair)).length, 1, 'shared by two instances: watched')
+
+  registry = new InstanceRegistry(both.slice(0, 2), ['default', 'pair'])
+  await leaving.discoverTables()
+  t.same(await eventually(async () => (await watchers(pair)).length, 0), 0, 'one instance left: its watching connection is closed')
+  t.equal(leaving.tenantTables!.toJSON()['public.slip'], 'must', 'its tables still count')
+
+  registry = new InstanceRegistry(both.slice(0, 1), ['default', 'pair'])
+  await leaving.discoverTables()
+  t.equal(leaving.tenantTables!.toJSON()['public.slip'], undefined, 'no instance left on it: its tables are gone')
 })
 
 t.test('an instance added to a store later, on a datasource not read yet, is refused until its first query has it read', async (t) => {

@@ -206,6 +206,7 @@ class CatalogListener {
     if (this.#closed || this.#timer !== undefined) return
     this.#timer = setTimeout(() => {
       this.#timer = undefined
+      // A retry timer that the poll timer replaced (a loss while connecting), which close() cannot clear.
       if (this.#closed) return
       this.#connect().then((connected) => { if (!connected) this.#retry() }, () => { this.#retry() })
     }, delay)
@@ -368,7 +369,8 @@ export class TableWatcher {
         this.changed(datasource, RETRY_FAILED_MILLIS)
         return
       }
-      if ((this.#pending.get(datasource) ?? Infinity) <= started) this.#pending.delete(datasource)
+      // Pending: only this run, which no other runs beside, removes the mark.
+      if (this.#pending.get(datasource)! <= started) this.#pending.delete(datasource)
       this.#refreshing.delete(datasource)
       this.#publish()
       await this.#syncListeners()
