@@ -12,8 +12,9 @@ import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { Writable } from 'node:stream'
 import { sql, type Kysely } from 'kysely'
+import { Migrator } from 'kysely/migration'
 import tenancyPlugin from '../plugin/index.js'
-import { createInstanceResolver, createTenancy, currentContext, currentInstance, InstanceRegistry, rowLevelSecurityStatements, type ResolveRequest } from '../lib/index.js'
+import { CATALOG_WATCH_APPLICATION, createInstanceResolver, createTenancy, currentContext, currentInstance, InstanceRegistry, rowLevelSecurityStatements, type ResolveRequest } from '../lib/index.js'
 import { adminQuery, createDatabase, query } from './helpers/database.js'
 import { createTenantSchema, schemaInstances, type TenantDB } from './helpers/tenant-schema.js'
 
@@ -300,6 +301,30 @@ t.test('Resolution: no cookie is read unless cookie names one', async (t) => {
 
 t.test('Tables that change at run time: createTenancy fails when default cannot be read', async (t) => {
   await t.rejects(createTenancy({ instances: [{ name: 'a', id: 1 }], datasources: { default: 'postgres://postgres:postgres@127.0.0.1:1/nowhere' }, doctor: false }), { code: 'TENANCY_DATASOURCE_UNAVAILABLE' })
+})
+
+t.test('Tables that change at run time: the watching connection is outside the pools, counted against neither max nor maxPools', async (t) => {
+  const watching = await createTenancy({ instances: schemaInstances, datasources: { default: url }, pool: { max: 1, connectionTimeoutMillis: 3000 }, maxPools: 1, doctor: false })
+  t.teardown(() => watching.close())
+  const watchers = async (): Promise<number> => (await query<{ n: number }>(url, 'select count(*)::int as n from pg_stat_activity where starts_with(application_name, $1) and datname = current_database()', [CATALOG_WATCH_APPLICATION]))[0]!.n
+  const deadline = Date.now() + 5000
+  while (await watchers() === 0 && Date.now() < deadline) await sleep(50)
+  t.equal(await watchers(), 1, 'one watching connection')
+  const wdb = watching.kysely<TenantDB>()
+  const counts = await watching.runAsInstance('b', async () => await Promise.all([1, 2, 3].map(async () => (await wdb.selectFrom('student').select('iid').execute()).length)))
+  t.same(counts, [4, 4, 4], 'queries run on the one pooled connection the watcher leaves free')
+  t.ok(watching.pools.counts().open <= 1, 'the pools hold at most their max')
+})
+
+t.test('Shared mode, not covered: Kysely\'s Migrator keeps the plugins of the Kysely it is given', async (t) => {
+  const migrator = new Migrator({
+    db: db as unknown as Kysely<any>,
+    provider: { getMigrations: async () => ({ m1: { up: async (mdb: Kysely<any>) => { await mdb.selectFrom('student').select('id').execute() } } }) },
+    migrationTableName: 'readme_claims_migration',
+    migrationLockTableName: 'readme_claims_migration_lock',
+  })
+  const { error } = await migrator.migrateToLatest()
+  t.match(error, { code: 'TENANCY_NO_CONTEXT' }, 'outside a context the filter refuses the migration\'s query')
 })
 
 t.test('Resolution: ports maps the socket\'s local port, not the port in the client\'s Host header', async (t) => {
