@@ -348,6 +348,30 @@ t.test('Schema mode, session state: a function that changes the session unseen l
   t.match(await tenancy.runAsInstance('s', where), { schema: 'tenant_s', name: 'schema student' })
 })
 
+t.test('Prepared statements: texts without parameters are never named; after DEALLOCATE the checkout runs unnamed and the connection is not reused', async (t) => {
+  const prepping = await createTenancy({ instances: schemaInstances, datasources: { default: url }, tables, pool: { max: 1 }, preparedStatements: true, doctor: false })
+  t.teardown(() => prepping.close())
+  const pdb = prepping.kysely<TenantDB>()
+  const named = async (): Promise<string[]> => (await sql<{ statement: string }>`select statement from pg_prepared_statements where name like 'tenancy\\_%'`.execute(pdb)).rows.map((row) => row.statement)
+  await prepping.runAsInstance('b', async () => {
+    await sql`select 'no parameters' as v`.execute(pdb)
+    await sql`select ${'a parameter'}::text as v`.execute(pdb)
+  })
+  const texts = await prepping.runAsInstance('b', named)
+  t.notOk(texts.some((text) => text.includes('no parameters')), 'a text without parameters is not prepared')
+  t.ok(texts.some((text) => text.includes('::text as v')), 'one with parameters is')
+  const pid = async (): Promise<number> => (await sql<{ pid: number }>`select pg_backend_pid() as pid`.execute(pdb)).rows[0]!.pid
+  const first = await prepping.runAsInstance('b', pid)
+  const rows = await prepping.runAsInstance('b', () => pdb.connection().execute(async (conn) => {
+    const read = async (): Promise<unknown[]> => await conn.selectFrom('student').select('iid').where('id', '=', 1).execute()
+    const before = await read()
+    await sql`deallocate all`.execute(conn)
+    return [before, await read()]
+  }))
+  t.same(rows, [[{ iid: 2 }], [{ iid: 2 }]], 'a text prepared before DEALLOCATE ALL runs again after it, unnamed, instead of failing')
+  t.not(await prepping.runAsInstance('b', pid), first, 'the next checkout has another connection')
+})
+
 t.test('Errors: a message quotes the bad value cut to 80 characters', async (t) => {
   const long = 'q'.repeat(200)
   const err = ((): Error => { try { tenancy.runAsInstance(long, () => {}); throw new Error('not refused') } catch (caught) { return caught as Error } })()
