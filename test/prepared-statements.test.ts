@@ -28,10 +28,18 @@ for (const schema of ['prep_x', 'prep_y']) {
     insert into ${schema}.note select n, '${schema} ' || n from generate_series(1, 3) n;
     grant usage on schema ${schema} to ${role}; grant select, insert, update, delete on ${schema}.note to ${role}`)
 }
+// Each schema instance of `instances` below may also run as a role of its own, with rights on its schema only.
+const roles = { x: `${role}_x`, y: `${role}_y` }
+for (const [name, owner] of Object.entries(roles)) {
+  await adminQuery(`create role ${owner} nologin`)
+  await query(url, `grant usage on schema prep_${name} to ${owner}; grant select, insert, update, delete on prep_${name}.note to ${owner}; grant ${owner} to ${role}`)
+}
+t.teardown(async () => { for (const owner of Object.values(roles)) { await adminQuery(`drop owned by ${owner}`, url).catch(() => {}); await adminQuery(`drop role if exists ${owner}`) } })
 const appUrl = new URL(url)
 appUrl.username = role
 appUrl.password = password
-const instances = [...schemaInstances, { name: 'x', id: 11, schema: 'prep_x' }, { name: 'y', id: 12, schema: 'prep_y' }]
+const instances = [...schemaInstances, { name: 'x', id: 11, schema: 'prep_x' }, { name: 'y', id: 12, schema: 'prep_y' },
+  { name: 'rx', id: 21, schema: 'prep_x', role: roles.x }, { name: 'ry', id: 22, schema: 'prep_y', role: roles.y }]
 
 async function tenancyWith (planCacheMode: string, preparedStatements: boolean | number = true) {
   const tenancy = await createTenancy({
@@ -109,6 +117,18 @@ t.test('the schema follows the instance through one prepared statement', async (
     t.same(await query(url, 'select body from prep_y.note where id = 3'), [{ body: 'changed by y' }])
     await query(url, "update prep_y.note set body = 'prep_y 3' where id = 3")
   }
+})
+
+t.test('a statement prepared under one instance\'s role runs with the rights of the next one\'s', async (t) => {
+  const { tenancy, db } = await tenancyWith('force_generic_plan')
+  // Schema-qualified, so only the role stands between ry and x's rows.
+  const readX = async (): Promise<unknown[]> => (await sql<{ body: string }>`select body from prep_x.note where id = ${1}`.execute(db)).rows
+  for (let round = 0; round < 6; round++) {
+    t.same(await tenancy.runAsInstance('rx', readX), [{ body: 'prep_x 1' }], `rx reads its own schema, round ${round}`)
+    await t.rejects(tenancy.runAsInstance('ry', readX), { code: '42501' }, `ry is refused x's table by the same prepared text, round ${round}`)
+  }
+  const statements = await prepared(tenancy, db)
+  t.ok(statements.some((text) => text.startsWith('select body from prep_x.note')), 'the text was prepared')
 })
 
 t.test('after DISCARD ALL on the connection the rest of the checkout runs unnamed, and the connection is not reused', async (t) => {
