@@ -40,3 +40,28 @@ t.test('set_config through stream(): the next checkout gets its own schema on an
   const shared = await ten.runAsInstance('', async () => await db.selectFrom('note').select('body').execute())
   t.same(shared, [{ body: 'public note' }], 'the default instance is on the default path')
 })
+
+t.test('stream() under transaction pooling: refused when it changes the session, outside a transaction, or as another instance; in one, it sees the set-up', async (t) => {
+  const local = new Kysely<DB>({
+    dialect: new PostgresDialect({
+      pool: new RoutingPool(ten.pools, { context: () => ten.context(), transactionPooling: true, settings: (context): Record<string, string> => context?.instance?.name === 'c' ? { 'tenancy.who': 'c' } : {} }),
+      cursor: WholeCursor,
+    }),
+  })
+  const rows = async (query: { stream: () => AsyncIterable<unknown> }): Promise<unknown[]> => {
+    const out: unknown[] = []
+    for await (const row of query.stream()) out.push(row)
+    return out
+  }
+  await ten.runAsInstance('c', async () => {
+    await t.rejects(rows(local.selectNoFrom(sql<string>`set_config('tenancy.who', 'x', false)`.as('v'))), { code: 'TENANCY_UNSUPPORTED_STATEMENT', message: /may change the session/ })
+    await t.rejects(rows(local.selectFrom('note').select('body')), { code: 'TENANCY_UNSUPPORTED_STATEMENT', message: /stream inside db\.transaction\(\)/ })
+    const inside = await local.transaction().execute(async (trx) => await rows(trx.selectFrom('note').select(['body', sql<string>`current_setting('tenancy.who')`.as('who')])))
+    t.same(inside, [{ body: 'c note', who: 'c' }], 'the first statement of the transaction: its set-up reached the server before the cursor')
+    await t.rejects(local.transaction().execute(async (trx) => {
+      await trx.selectFrom('note').select('id').execute()
+      await ten.runAsInstance('', () => rows(trx.selectFrom('note').select('id')))
+    }), { code: 'TENANCY_MISMATCH' }, 'a cursor on a transaction of c, opened as another instance')
+  })
+  t.same(await ten.runAsInstance('', () => db.selectFrom('note').select('body').execute()), [{ body: 'public note' }], 'the one connection was given back each time')
+})
