@@ -57,7 +57,16 @@ t.test('stream() under transaction pooling: refused when it changes the session,
     await t.rejects(rows(local.selectNoFrom(sql<string>`set_config('tenancy.who', 'x', false)`.as('v'))), { code: 'TENANCY_UNSUPPORTED_STATEMENT', message: /may change the session/ })
     await t.rejects(rows(local.selectFrom('note').select('body')), { code: 'TENANCY_UNSUPPORTED_STATEMENT', message: /stream inside db\.transaction\(\)/ })
     const inside = await local.transaction().execute(async (trx) => await rows(trx.selectFrom('note').select(['body', sql<string>`current_setting('tenancy.who')`.as('who')])))
-    t.same(inside, [{ body: 'c note', who: 'c' }], 'the first statement of the transaction: its set-up reached the server before the cursor')
+    t.same(inside, [{ body: 'c note', who: 'c' }], 'inside a transaction: its set-up came with BEGIN')
+    // COMMIT AND CHAIN starts a transaction without its set-up: the cursor's is sent before it, in order.
+    const chained = await local.connection().execute(async (connection) => {
+      await sql`begin`.execute(connection)
+      await sql`commit and chain`.execute(connection)
+      const read = await rows(connection.selectFrom('note').select(['body', sql<string>`current_setting('tenancy.who')`.as('who')]))
+      await sql`commit`.execute(connection)
+      return read
+    })
+    t.same(chained, [{ body: 'c note', who: 'c' }], 'a cursor first in a chained transaction sees the set-up')
     await t.rejects(local.transaction().execute(async (trx) => {
       await trx.selectFrom('note').select('id').execute()
       await ten.runAsInstance('', () => rows(trx.selectFrom('note').select('id')))
