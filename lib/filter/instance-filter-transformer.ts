@@ -9,7 +9,7 @@ import {
 import { HostContextError, MismatchError, NoContextError, UnknownTableError, UnsupportedStatementError, quote } from '../errors.js'
 import type { TenantTableKind, TenantTables } from './tenant-tables.js'
 import { DEFAULT_TENANT_COLUMN } from './tenant-column.js'
-import { rawFragmentProblem } from './raw-fragment.js'
+import { hasListComma, rawFragmentProblem } from './raw-fragment.js'
 
 /**
  * What the transformer confines to: an instance id, host rows, or nothing
@@ -440,6 +440,11 @@ export class InstanceFilterTransformer extends OperationNodeTransformer {
   #checkUpdates (ref: TableRef, updates: readonly ColumnUpdateNode[] | undefined): void {
     for (const update of updates ?? []) {
       const column = update.column
+      // A value with a comma outside parentheses (`set({ name: sql\`'x', iid = 4\` })`)
+      // ends its assignment and starts another, which no check here would see.
+      if (update.value.kind !== 'ValueNode' && hasListComma(compiler.compileQuery(update.value as RootOperationNode, COMPILE_ID).sql)) {
+        throw new UnsupportedStatementError(`An UPDATE of ${labelOf(ref)} sets a value whose SQL has a comma outside parentheses, which would start another assignment of the SET list: put the raw fragment in parentheses.`)
+      }
       let names: readonly string[] | undefined
       if (column.kind === 'ColumnNode') {
         if (!this.#isTenantColumn((column as ColumnNode).column.name)) continue
@@ -619,6 +624,8 @@ function targetNames (column: OperationNode): readonly string[] | undefined {
     rest = rest.slice(match[0].length)
     match = TARGET_NEXT.exec(rest)
   }
-  if (names.length === 0 || !/^(?:$|[ \t\n\r\f\v[])/.test(rest)) return undefined
+  // After the names only subscripts may follow: anything else (`name = 'x', iid`)
+  // is more of the SET list, which the names read here do not describe.
+  if (names.length === 0 || !/^(?:[ \t\n\r\f\v]*\[[^\]]*\])*[ \t\n\r\f\v]*$/.test(rest)) return undefined
   return names
 }
