@@ -420,6 +420,9 @@ export class PoolManager {
       const first = this.#waiters.shift()!
       clearTimeout(first.timer)
       const existing = this.#entries.get(first.datasource)
+      // Not reached today (a newcomer never opens a pool while anyone waits, and the
+      // waiters of the pool opened below are served with it); kept so that a waiter can
+      // never get a second pool of a datasource that has one.
       if (existing) {
         first.resolve(this.#lease(existing))
         continue
@@ -468,6 +471,7 @@ export class PoolManager {
   }
 
   #close (entry: Entry): void {
+    // Closing twice would end the pool twice and count it twice in #ending; no caller does today.
     if (entry.state !== 'open') return
     entry.state = 'ending'
     this.#entries.delete(entry.datasource)
@@ -484,6 +488,8 @@ export class PoolManager {
       const before = Date.now() - this.#poolIdleTimeoutMillis
       for (const entry of [...this.#entries.values()]) {
         if (entry.leases !== 0 || entry.lastUsed > before) continue
+        // #drop already hands a pool whose last lease ends to the waiters, so none wait
+        // here today; if one did, closing the pool without serving it would strand it.
         if (this.#waiters.length > 0) this.#grant(entry)
         else this.#close(entry)
       }

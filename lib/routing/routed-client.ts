@@ -11,6 +11,9 @@ function describe (instance: Instance | undefined): string {
 }
 
 /** An error the server sends when the connection itself is ending: connection exception (08) or operator intervention that ends the session (57P). */
+// Errors, parse trees and cursors come from outside the type system: every
+// fallback below (`?? ''`, `String(err)`, a cursor without text) is the safe
+// reading of a shape pg or Kysely does not produce today, and stays so.
 function isConnectionCode (err: unknown): boolean {
   if (!(err instanceof pg.DatabaseError)) return false
   const code = err.code ?? ''

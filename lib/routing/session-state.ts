@@ -191,7 +191,8 @@ export function changesSession (text: string): boolean {
   if (verdict !== undefined) return verdict
   try {
     const tree = parse(text) as { stmts?: Array<{ stmt?: unknown }> }
-    verdict = (tree.stmts ?? []).some((entry) => statementChangesSession(entry.stmt))
+    // libpg-query always gives `stmts` (empty for a text of comments only); a tree without it is not read as safe.
+    verdict = tree.stmts === undefined || tree.stmts.some((entry) => statementChangesSession(entry.stmt))
   } catch {
     verdict = true
   }
