@@ -818,7 +818,10 @@ class StatementGenerator {
     if (!iid && writable.length === 0) return q
     const column = iid ? int('iid') : this.#pick(writable)
     used.add(column.name)
-    const form = this.#weighted([[30, 'object'], [10, 'object callback'], [25, 'two-arg'], [15, 'callback key'], [6, 'raw key'], [4, 'sql.ref key']] as const)
+    // Raw text that goes on into another assignment of the SET list, setting iid to another instance.
+    const more = table !== 'country' && !iid ? 2 : 0
+    const form = this.#weighted([[30, 'object'], [10, 'object callback'], [25, 'two-arg'], [15, 'callback key'], [6, 'raw key'], [4, 'sql.ref key'],
+      [more, 'raw key, more of the list'], [more, 'raw value, more of the list']] as const)
     this.#feature(`set:${form}`)
     if (iid) this.#feature(`set iid:${form}`)
     const value = (inEb: boolean): Piece => iid ? this.#iidValue() : this.#writeValue(column, es, tied, inEb)
@@ -836,6 +839,14 @@ class StatementGenerator {
         return this.#call(q, 'set', raw(spelling), value(false))
       }
       case 'sql.ref key': return this.#call(q, 'set', piece(`sql.ref('${column.name}')`, () => sql.ref(column.name)), value(false))
+      case 'raw key, more of the list': {
+        const other = this.#pick([1, 2, 3, 4].filter((id) => id !== this.#id))
+        return this.#call(q, 'set', raw(`${column.name} = ${column.name}, iid`), num(other))
+      }
+      case 'raw value, more of the list': {
+        const other = this.#pick([1, 2, 3, 4].filter((id) => id !== this.#id))
+        return this.#call(q, 'set', record([[column.name, raw(`${column.name}, iid = ${other}`)]]))
+      }
     }
   }
 
