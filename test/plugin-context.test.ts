@@ -4,11 +4,11 @@
 import t from 'tap'
 import Fastify, { type FastifyInstance } from 'fastify'
 import net from 'node:net'
-import { Writable } from 'node:stream'
 import { setTimeout as sleep } from 'node:timers/promises'
 import { sql } from 'kysely'
 import tenancy, { createTenancy, currentInstance, currentContext, type Tenancy } from '../plugin/index.js'
 import { createDatabase } from './helpers/database.js'
+import { logLines } from './helpers/log-lines.js'
 
 const url = await createDatabase(t, 'plugin_context')
 const instances = [
@@ -199,13 +199,7 @@ t.test('async getInstanceName, and one that fails', async (t) => {
 })
 
 t.test('request.log and reply.log carry the instance name', async (t) => {
-  const lines: Array<Record<string, unknown>> = []
-  const stream = new Writable({
-    write (chunk, _encoding, callback) {
-      for (const line of String(chunk).split('\n')) if (line !== '') lines.push(JSON.parse(line))
-      callback()
-    },
-  })
+  const { lines, stream } = logLines()
   const { app } = await appWithProbes({}, { logger: { level: 'info', stream } })
   t.teardown(() => app.close())
   app.get('/log', async (request) => {

@@ -10,13 +10,13 @@ import { AsyncResource } from 'node:async_hooks'
 import { EventEmitter, once } from 'node:events'
 import { randomBytes } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
-import { Writable } from 'node:stream'
 import { sql, type Kysely } from 'kysely'
 import { Migrator } from 'kysely/migration'
 import tenancyPlugin from '../plugin/index.js'
 import { CATALOG_WATCH_APPLICATION, createInstanceResolver, createTenancy, currentContext, currentInstance, InstanceRegistry, rowLevelSecurityStatements, type ResolveRequest } from '../lib/index.js'
 import { adminQuery, createDatabase, query } from './helpers/database.js'
 import { createTenantSchema, schemaInstances, type TenantDB } from './helpers/tenant-schema.js'
+import { logLines } from './helpers/log-lines.js'
 
 const url = await createDatabase(t, 'readme_claims')
 await createTenantSchema(url)
@@ -262,13 +262,7 @@ t.test('The Fastify plugin: onRequest hooks after the plugin run as the instance
 })
 
 t.test('The Fastify plugin: the log lines Fastify writes itself for a request carry the instance, except "incoming request"', async (t) => {
-  const lines: Array<Record<string, unknown>> = []
-  const stream = new Writable({
-    write (chunk, _encoding, callback) {
-      for (const line of String(chunk).split('\n')) if (line !== '') lines.push(JSON.parse(line))
-      callback()
-    },
-  })
+  const { lines, stream } = logLines()
   const app = Fastify({ logger: { level: 'info', stream } })
   await app.register(tenancyPlugin, { tenancy, closeOnShutdown: false, resolve: { fallback: 'reject' } })
   app.get('/boom', async () => { throw new Error('boom') })

@@ -5,12 +5,12 @@
 import t from 'tap'
 import Fastify, { type FastifyInstance, type FastifyReply, type FastifyRequest } from 'fastify'
 import jwt from '@fastify/jwt'
-import { Writable } from 'node:stream'
 import type { Generated } from 'kysely'
 import tenancyPlugin, { createTenancy, createInstanceResolver, type ResolveOptions } from '../plugin/index.js'
 import { createInstanceBinding } from '../lib/resolve/instance-binding.js'
 import type { TokenOptions } from '../plugin/instance-binding.js'
 import { createDatabase, query } from './helpers/database.js'
+import { logLines } from './helpers/log-lines.js'
 
 interface DB { note: { id: number, iid: Generated<number | null>, body: string } }
 
@@ -28,8 +28,7 @@ t.teardown(() => tenancy.close())
 const db = tenancy.kysely<DB>()
 const SECRET = 'a-secret-long-enough-for-hs256-0123456789'
 
-const lines: any[] = []
-const stream = new Writable({ write (chunk, _encoding, done) { for (const line of String(chunk).split('\n').filter(Boolean)) lines.push(JSON.parse(line)); done() } })
+const { lines, stream } = logLines()
 
 interface App { app: FastifyInstance, handled: string[] }
 /** An app with @fastify/jwt and the plugin; `/notes` (or `/:inst/notes`) needs a token, `/public` does not. */
