@@ -46,6 +46,19 @@ export async function run (url: string, text: string): Promise<void> {
   try { await client.query(text) } finally { await client.end() }
 }
 
+/**
+ * The tables of the rewrite benchmarks, in `schema`: 50 instances of 20
+ * courses and 200 students, analyzed. One text, so that bench/rewrite.ts and
+ * bench/rls-planning.ts measure the same rows.
+ */
+export function courseStudentTables (schema = 'public'): string {
+  return `create table ${schema}.course (id int not null, iid int not null, title text not null, primary key (iid, id));
+    create table ${schema}.student (id int not null, iid int not null, name text not null, course_id int, primary key (iid, id));
+    insert into ${schema}.course select c, i, 'course ' || c from generate_series(1, 20) c, generate_series(1, 50) i;
+    insert into ${schema}.student select s, i, 'student ' || s, s % 20 + 1 from generate_series(1, 200) s, generate_series(1, 50) i;
+    analyze ${schema}.course; analyze ${schema}.student;`
+}
+
 /** The middle of `values` (the upper middle of an even count). */
 export function median (values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b)

@@ -12,6 +12,7 @@ import { Kysely, PostgresDialect, sql, type Compilable } from 'kysely'
 import { createTenancy, rowLevelSecurityStatements, InstanceFilterPlugin, type Tenancy } from '../lib/index.js'
 import { pathToFileURL } from 'node:url'
 import type { EmbeddedServer } from '../scripts/embedded-postgres.js'
+import { courseStudentTables } from './bench-database.js'
 
 interface DB {
   student: { id: number, iid: number, name: string, course_id: number | null }
@@ -36,11 +37,7 @@ const admin = new pg.Client({ connectionString: url })
 await admin.connect()
 await admin.query(`
   drop table if exists student, course;
-  create table course (id int not null, iid int not null, title text not null, primary key (iid, id));
-  create table student (id int not null, iid int not null, name text not null, course_id int, primary key (iid, id));
-  insert into course select c, i, 'course ' || c from generate_series(1, 20) c, generate_series(1, 50) i;
-  insert into student select s, i, 'student ' || s, s % 20 + 1 from generate_series(1, 200) s, generate_series(1, 50) i;
-  analyze;
+  ${courseStudentTables()}
   drop role if exists bench_app; create role bench_app login password 'bench' nosuperuser nobypassrls;
   grant select, insert, update, delete on student, course to bench_app;`)
 for (const statement of rowLevelSecurityStatements({ student: 'must', course: 'must' })) await admin.query(statement)

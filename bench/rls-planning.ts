@@ -9,7 +9,7 @@
 //   npm run bench:rls
 import pg from 'pg'
 import { rowLevelSecurityStatements } from '../lib/index.js'
-import { benchServer, median } from './bench-database.js'
+import { benchServer, courseStudentTables, median } from './bench-database.js'
 
 const CONCURRENCY = 8
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 2)
@@ -24,11 +24,7 @@ const role = 'bench_rls_app'
 await admin.query(`drop role if exists ${role}; create role ${role} login password 'bench' nosuperuser nobypassrls`)
 for (const schema of ['rls_off', 'rls_on']) {
   await admin.query(`drop schema if exists ${schema} cascade; create schema ${schema}; grant usage on schema ${schema} to ${role};
-    create table ${schema}.course (id int not null, iid int not null, title text not null, primary key (iid, id));
-    create table ${schema}.student (id int not null, iid int not null, name text not null, course_id int, primary key (iid, id));
-    insert into ${schema}.course select c, i, 'course ' || c from generate_series(1, 20) c, generate_series(1, 50) i;
-    insert into ${schema}.student select s, i, 'student ' || s, s % 20 + 1 from generate_series(1, 200) s, generate_series(1, 50) i;
-    analyze ${schema}.course; analyze ${schema}.student;
+    ${courseStudentTables(schema)}
     grant select, insert, update, delete on ${schema}.student, ${schema}.course to ${role}`)
 }
 for (const statement of rowLevelSecurityStatements({ 'rls_on.student': 'must', 'rls_on.course': 'must' })) await admin.query(statement)
