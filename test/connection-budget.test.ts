@@ -81,6 +81,30 @@ t.test('an idle connection of the least recently used datasource makes room', as
   t.equal(pools.counts().budget!.evictions, 1)
 })
 
+t.test('while a datasource waits for room, one behind it reuses its own idle connection instead of losing it', async (t) => {
+  const { app, datasources } = tagged()
+  const pools = new PoolManager(datasources, { maxConnections: 2, pool: { max: 1 } })
+  t.teardown(() => pools.close())
+  const onA = await pools.acquire('a')
+  const onB = await pools.acquire('b')
+  const pid = (lease: Lease): number => (lease.client as unknown as { processID: number }).processID
+  const firstPid = pid(onA)
+  // c asks first and must wait for the budget; a's next checkout queues behind it.
+  const forC = pools.acquire('c')
+  const forA = pools.acquire('a')
+  pools.release(onA)
+  const again = await forA
+  t.equal(pid(again), firstPid, 'a\'s waiter got a\'s own connection back, not a new one')
+  t.equal(pools.counts().budget!.evictions, 0, 'nothing was closed to make room')
+  t.equal(pools.counts().budget!.waiting, 1, 'c still waits')
+  pools.release(onB)
+  const onC = await forC
+  t.equal(pools.counts().budget!.evictions, 1, 'b\'s idle connection was closed for c')
+  t.equal(await serverCount(app), 2, 'the server never saw more than the budget')
+  pools.release(again)
+  pools.release(onC)
+})
+
 t.test('a saturated datasource does not starve a quiet one: the waiters are served one datasource after the other', async (t) => {
   const { datasources } = tagged()
   const pools = new PoolManager(datasources, { maxConnections: 3, pool: { max: 3 } })
