@@ -38,6 +38,8 @@ export interface BudgetedPool {
 interface Waiter {
   readonly entry: BudgetedPool
   readonly label: string
+  /** Checks out of `entry.pool` (the pool manager's, with its session affinity). */
+  readonly open: () => Promise<pg.PoolClient>
   readonly resolve: (client: Promise<pg.PoolClient>) => void
   readonly reject: (err: Error) => void
   timer: NodeJS.Timeout | undefined
@@ -99,15 +101,17 @@ export class ConnectionBudget {
   }
 
   /**
-   * `entry.pool.connect()`, once the budget has room for the connection it
-   * may open. While anyone waits, every checkout queues behind them (also one
-   * its pool could serve from an idle connection): waiting happens here, never
-   * in pg-pool's own queue, so the turns stay fair across datasources.
+   * `open()` (`entry.pool.connect()` by default), once the budget has room
+   * for the connection it may open. While anyone waits, every checkout queues
+   * behind them (also one its pool could serve from an idle connection):
+   * waiting happens here, never in pg-pool's own queue, so the turns stay
+   * fair across datasources (and a datasource's waiters are served in order,
+   * without the session affinity of pg-pool's queue).
    */
-  async connect (entry: BudgetedPool, label: string, timeoutMillis: number): Promise<pg.PoolClient> {
-    if (this.#waiting === 0 && this.#servable(entry)) return await entry.pool.connect()
+  async connect (entry: BudgetedPool, label: string, timeoutMillis: number, open: () => Promise<pg.PoolClient> = async () => await entry.pool.connect()): Promise<pg.PoolClient> {
+    if (this.#waiting === 0 && this.#servable(entry)) return await open()
     return await new Promise<Promise<pg.PoolClient>>((resolve, reject) => {
-      const waiter: Waiter = { entry, label, resolve, reject, timer: undefined }
+      const waiter: Waiter = { entry, label, open, resolve, reject, timer: undefined }
       if (timeoutMillis > 0) {
         waiter.timer = setTimeout(() => {
           // Never false: every other way out of the queue clears this timer first. Kept so
@@ -169,7 +173,7 @@ export class ConnectionBudget {
   #serve (waiter: Waiter): void {
     this.#take(waiter)
     // pg-pool counts a new client at once, so the next round sees it.
-    waiter.resolve(waiter.entry.pool.connect())
+    waiter.resolve(waiter.open())
   }
 
   /** Fails every waiter (the manager is closing). */

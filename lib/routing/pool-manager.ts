@@ -2,8 +2,11 @@ import pg from 'pg'
 import { ClosedError, InvalidOptionsError, DatasourceUnavailableError, SessionError, quote } from '../errors.js'
 import { SessionState, type SessionTarget } from './session-state.js'
 import { ConnectionBudget, type BudgetCounts } from './connection-budget.js'
+import { connectWithAffinity, releaseWithAffinity } from './session-affinity.js'
 
 const SERVER_DEFAULTS: SessionTarget = Object.freeze({ schema: null, role: null, settings: Object.freeze({}) })
+// What a connection nobody has set anything on carries.
+const FRESH_SESSION = new SessionState()
 
 /** A datasource: a connection string or a pg `PoolConfig` (its `max`, `connectionTimeoutMillis`, … override {@link PoolSettings}). */
 export type DatasourceConfig = string | pg.PoolConfig
@@ -159,6 +162,7 @@ export class PoolManager {
   // What each connection's session carries, whoever set it: every routing
   // pool over this manager, and every lease, sees the same state.
   readonly #sessions = new WeakMap<pg.PoolClient, SessionState>()
+  readonly #sessionOrFresh = (client: pg.PoolClient): SessionState => this.#sessions.get(client) ?? FRESH_SESSION
   readonly #budget: ConnectionBudget | undefined
   #state: 'open' | 'ending' | 'ended' = 'open'
   #uses = 0
@@ -260,7 +264,7 @@ export class PoolManager {
    * with `destroy` if you change its session.
    */
   async acquire (datasource: string, label: string = datasource): Promise<Lease> {
-    const lease = await this.acquireAsIs(datasource, label)
+    const lease = await this.acquireAsIs(datasource, label, SERVER_DEFAULTS)
     const session = this.sessionOf(lease.client)
     const changes = session.changesTo(SERVER_DEFAULTS)
     if (changes === '') return lease
@@ -276,13 +280,20 @@ export class PoolManager {
     return lease
   }
 
-  /** @internal Checks out a client as its session stands; the routing pool brings it to its target itself. */
-  async acquireAsIs (datasource: string, label: string = datasource): Promise<Lease> {
+  /**
+   * @internal Checks out a client as its session stands; the routing pool
+   * brings it to its target itself. With `target`, a client whose session
+   * already is `target` is handed out before the others (see
+   * {@link connectWithAffinity}), so that a schema instance's checkout needs
+   * a round trip to switch less often.
+   */
+  async acquireAsIs (datasource: string, label: string = datasource, target?: SessionTarget): Promise<Lease> {
     const entry = this.#entry(datasource) ?? await this.#waitForSlot(datasource, label)
+    const open = async (): Promise<pg.PoolClient> => await connectWithAffinity(entry.pool, target, this.#sessionOrFresh)
     try {
       const client = this.#budget === undefined
-        ? await entry.pool.connect()
-        : await this.#budget.connect(entry, label, this.#configs.get(datasource)?.connectionTimeoutMillis ?? DEFAULT_POOL_SETTINGS.connectionTimeoutMillis)
+        ? await open()
+        : await this.#budget.connect(entry, label, this.#configs.get(datasource)?.connectionTimeoutMillis ?? DEFAULT_POOL_SETTINGS.connectionTimeoutMillis, open)
       const lease: Lease = { client, datasource }
       this.#leases.set(lease, entry)
       return lease
@@ -305,7 +316,9 @@ export class PoolManager {
     const entry = this.#leases.get(lease)
     if (entry === undefined) return
     this.#leases.delete(lease)
-    lease.client.release(destroy || lease.client.getTransactionStatus() !== 'I')
+    const discard = destroy || lease.client.getTransactionStatus() !== 'I'
+    if (!discard) releaseWithAffinity(entry.pool, this.#sessionOrFresh(lease.client))
+    lease.client.release(discard)
     this.#drop(entry)
   }
 

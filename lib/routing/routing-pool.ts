@@ -133,7 +133,8 @@ export class RoutingPool implements PostgresPool {
     const instance = context?.instance
     const target = sessionTarget(context, this.#settings)
     const label = instance?.name ?? 'default'
-    const lease = await this.#pools.acquireAsIs(instance?.datasource ?? 'default', label)
+    // Under transaction pooling no session is kept, so none is preferred.
+    const lease = await this.#pools.acquireAsIs(instance?.datasource ?? 'default', label, this.#transactionPooling ? undefined : target)
     let routed = this.#routed.get(lease.client)
     if (routed === undefined) {
       routed = new RoutedClient(lease.client, this.#pools.sessionOf(lease.client), this.#giveBack, this.#context, this.#transactionPooling, this.#prepared)

@@ -347,6 +347,19 @@ export class SessionState {
     return statements.join('; ')
   }
 
+  /**
+   * Whether the session already is `target`, so that {@link changesTo} would
+   * give `''`, without building any SQL: what the pool manager asks of each
+   * idle connection to hand out one that needs no round trip.
+   */
+  holds (target: SessionTarget): boolean {
+    if (target.schema !== this.#schema || target.role !== this.#role) return false
+    if (target.settings === this.#settings) return true
+    for (const name of Object.keys(target.settings)) if (this.#settings[name] !== target.settings[name]) return false
+    for (const name of Object.keys(this.#settings)) if (!(name in target.settings) && this.#settings[name] !== '') return false
+    return true
+  }
+
   /** Records that `target` was applied (or already held). */
   applied (target: SessionTarget): void {
     this.#schema = target.schema

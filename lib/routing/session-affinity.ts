@@ -1,0 +1,102 @@
+import type pg from 'pg'
+import type { SessionState, SessionTarget } from './session-state.js'
+
+// pg-pool has no way to ask for a particular client, nor to hand a client to a
+// particular waiter, so affinity reorders pg-pool's own lists: `_idle` (the
+// clients not checked out, the one taken back last at the end, handed out
+// first) and `_pendingQueue` (the checkouts waiting for a client, served from
+// the front). Without either field nothing is preferred and pg-pool's order
+// stands; test/session-affinity.test.ts fails when a pg-pool release changes
+// them. Which client a checkout gets never decides what its session is: the
+// routing pool still compares the session with what the checkout needs.
+interface IdleItem { readonly client: pg.PoolClient }
+type PendingItem = object
+interface Lists { _idle?: unknown, _pendingQueue?: unknown }
+
+/**
+ * A waiter may be passed by this many later checkouts that wanted the
+ * session of the client just given back, and then by none: affinity saves a
+ * round trip each time, and must not make anyone wait without bound.
+ */
+const OVERTAKES = 8
+/** How far into pg-pool's queue a client given back looks for a checkout that wants its session. */
+const LOOKAHEAD = 64
+
+interface Wanted {
+  /** The session the checkout wants; `undefined` for a checkout that takes any (the budget closing an idle one). */
+  readonly target: SessionTarget | undefined
+  overtaken: number
+}
+const waiting = new WeakMap<PendingItem, Wanted>()
+
+function idleOf (pool: pg.Pool): IdleItem[] | undefined {
+  const idle = (pool as unknown as Lists)._idle
+  return Array.isArray(idle) ? idle as IdleItem[] : undefined
+}
+
+function queueOf (pool: pg.Pool): PendingItem[] | undefined {
+  const queue = (pool as unknown as Lists)._pendingQueue
+  return Array.isArray(queue) ? queue as PendingItem[] : undefined
+}
+
+/**
+ * `pool.connect()` for a checkout that wants `target`: an idle client whose
+ * session {@link SessionState.holds} it is handed out before the others
+ * (the most recently used of them); with none idle, the checkout waits in
+ * pg-pool's queue marked with `target`, so that a client given back with
+ * that session may go to it first (see {@link releaseWithAffinity}).
+ *
+ * ```ts
+ * // a schema instance's checkout: a connection whose search_path is its schema, if one is idle
+ * const client = await connectWithAffinity(pool, target, (client) => sessions.get(client))
+ * ```
+ */
+export async function connectWithAffinity (pool: pg.Pool, target: SessionTarget | undefined, sessionOf: (client: pg.PoolClient) => SessionState): Promise<pg.PoolClient> {
+  const idle = idleOf(pool)
+  // While others wait in pg-pool's queue the next idle client is theirs.
+  if (target !== undefined && idle !== undefined && idle.length > 1 && pool.waitingCount === 0) {
+    for (let i = idle.length - 1; i >= 0; i--) {
+      if (!sessionOf(idle[i]!.client).holds(target)) continue
+      if (i !== idle.length - 1) idle.push(idle.splice(i, 1)[0]!)
+      break
+    }
+  }
+  const queued = pool.waitingCount
+  const client = pool.connect()
+  const queue = queueOf(pool)
+  // pg-pool queues the checkout at once when it cannot open a client for it.
+  if (queue !== undefined && pool.waitingCount === queued + 1) waiting.set(queue[queue.length - 1]!, { target, overtaken: 0 })
+  return await client
+}
+
+/**
+ * Just before `client` (whose session is `session`) goes back to `pool`:
+ * when the checkout at the front of pg-pool's queue does not want this
+ * session and a later one within {@link LOOKAHEAD} does, that one moves to
+ * the front and gets the client, unless it would pass a checkout already
+ * passed {@link OVERTAKES} times.
+ */
+export function releaseWithAffinity (pool: pg.Pool, session: SessionState): void {
+  const queue = queueOf(pool)
+  if (queue === undefined || queue.length < 2) return
+  const wants = (item: PendingItem): boolean => {
+    const target = waiting.get(item)?.target
+    return target !== undefined && session.holds(target)
+  }
+  if (wants(queue[0]!)) return
+  const end = Math.min(queue.length, LOOKAHEAD)
+  for (let i = 0; i < end; i++) {
+    const item = queue[i]!
+    if (i > 0 && wants(item)) {
+      for (let j = 0; j < i; j++) {
+        const passed = waiting.get(queue[j]!)
+        if (passed !== undefined) passed.overtaken++
+      }
+      queue.splice(i, 1)
+      queue.unshift(item)
+      return
+    }
+    // Nobody may pass this one any more, nor anyone behind it.
+    if ((waiting.get(item)?.overtaken ?? OVERTAKES) >= OVERTAKES) return
+  }
+}
