@@ -289,11 +289,11 @@ export class PoolManager {
    */
   async acquireAsIs (datasource: string, label: string = datasource, target?: SessionTarget): Promise<Lease> {
     const entry = this.#entry(datasource) ?? await this.#waitForSlot(datasource, label)
-    const open = async (): Promise<pg.PoolClient> => await connectWithAffinity(entry.pool, target, this.#sessionOrFresh)
     try {
       const client = this.#budget === undefined
-        ? await open()
-        : await this.#budget.connect(entry, label, this.#configs.get(datasource)?.connectionTimeoutMillis ?? DEFAULT_POOL_SETTINGS.connectionTimeoutMillis, open)
+        ? await connectWithAffinity(entry.pool, target, this.#sessionOrFresh)
+        : await this.#budget.connect(entry, label, this.#configs.get(datasource)?.connectionTimeoutMillis ?? DEFAULT_POOL_SETTINGS.connectionTimeoutMillis,
+          () => connectWithAffinity(entry.pool, target, this.#sessionOrFresh))
       const lease: Lease = { client, datasource }
       this.#leases.set(lease, entry)
       return lease

@@ -51,7 +51,8 @@ function queueOf (pool: pg.Pool): PendingItem[] | undefined {
  * const client = await connectWithAffinity(pool, target, (client) => sessions.get(client))
  * ```
  */
-export async function connectWithAffinity (pool: pg.Pool, target: SessionTarget | undefined, sessionOf: (client: pg.PoolClient) => SessionState): Promise<pg.PoolClient> {
+export function connectWithAffinity (pool: pg.Pool, target: SessionTarget | undefined, sessionOf: (client: pg.PoolClient) => SessionState): Promise<pg.PoolClient> {
+  // Not async: every checkout passes here, and each await costs ticks.
   const idle = idleOf(pool)
   // While others wait in pg-pool's queue the next idle client is theirs.
   if (target !== undefined && idle !== undefined && idle.length > 1 && pool.waitingCount === 0) {
@@ -66,7 +67,7 @@ export async function connectWithAffinity (pool: pg.Pool, target: SessionTarget 
   const queue = queueOf(pool)
   // pg-pool queues the checkout at once when it cannot open a client for it.
   if (queue !== undefined && pool.waitingCount === queued + 1) waiting.set(queue[queue.length - 1]!, { target, overtaken: 0 })
-  return await client
+  return client
 }
 
 /**
