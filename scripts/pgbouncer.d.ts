@@ -6,6 +6,8 @@ export interface PgBouncer {
   port: number
   poolMode: 'session' | 'transaction'
   poolSize: number
+  /** What a server connection runs before its next client; `''` is nothing. */
+  serverResetQuery: string
   dir: string
   /** The last lines of PgBouncer's log. */
   log (): Promise<string>
@@ -19,4 +21,6 @@ export function startPgBouncer (options: {
   poolMode?: 'session' | 'transaction'
   poolSize?: number
   users?: PgBouncerLogin[]
+  /** Defaults to `'DISCARD ALL'`, PgBouncer's own default. */
+  serverResetQuery?: string
 }): Promise<PgBouncer>

@@ -85,13 +85,15 @@ async function waitForPort (port, child, log, deadline) {
  * fallback entry `*`, with `poolMode` `'session'` or `'transaction'` and
  * `poolSize` server connections per database and user. Clients log in with
  * SCRAM as the URL's user or one of `users`, with their passwords (PgBouncer
- * sends them on to the server in whatever form it asks). As root it runs as the
- * `postgres` user (PgBouncer refuses root). Resolves to `{ port, url(database?,
- * user?), stop }`; `url()` is `databaseUrl` pointed at PgBouncer.
+ * sends them on to the server in whatever form it asks). `serverResetQuery` is
+ * what a server connection runs before its next client (`''`: nothing). As root
+ * it runs as the `postgres` user (PgBouncer refuses root). Resolves to `{ port,
+ * url(database?, user?), stop }`; `url()` is `databaseUrl` pointed at PgBouncer.
  */
-export async function startPgBouncer ({ databaseUrl, poolMode = 'transaction', poolSize = 5, users = [] }) {
+export async function startPgBouncer ({ databaseUrl, poolMode = 'transaction', poolSize = 5, users = [], serverResetQuery = 'DISCARD ALL' }) {
   if (!databaseUrl) throw new Error('startPgBouncer needs the connection string of the server it stands in front of')
   if (poolMode !== 'session' && poolMode !== 'transaction') throw new Error(`poolMode must be 'session' or 'transaction', not ${JSON.stringify(poolMode)}`)
+  if (typeof serverResetQuery !== 'string' || !/^[A-Za-z ]*$/.test(serverResetQuery)) throw new Error(`serverResetQuery must be letters and spaces, not ${JSON.stringify(serverResetQuery)}`)
   const binary = await ensurePgBouncer()
   const server = new URL(databaseUrl)
   const logins = [{ user: decodeURIComponent(server.username), password: decodeURIComponent(server.password) }, ...users]
@@ -117,8 +119,8 @@ export async function startPgBouncer ({ databaseUrl, poolMode = 'transaction', p
     'reserve_pool_size = 0',
     'max_client_conn = 500',
     'max_db_connections = 0',
-    // Session pooling resets a server connection before its next client (the default, DISCARD ALL).
-    'server_reset_query = DISCARD ALL',
+    // Session pooling resets a server connection before its next client (PgBouncer's default, DISCARD ALL); empty, it does not.
+    `server_reset_query = ${serverResetQuery}`,
     'ignore_startup_parameters = extra_float_digits,options',
     'server_login_retry = 1',
     'query_wait_timeout = 30',
@@ -152,6 +154,7 @@ export async function startPgBouncer ({ databaseUrl, poolMode = 'transaction', p
     port,
     poolMode,
     poolSize,
+    serverResetQuery,
     dir,
     log,
     /** `databaseUrl` pointed at PgBouncer, with another database or login if given. */

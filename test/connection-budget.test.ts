@@ -6,7 +6,8 @@
 // (pg_stat_activity, by application_name), not by the code under test.
 import t from 'tap'
 import { randomBytes } from 'node:crypto'
-import { PoolManager, type Lease } from '../lib/index.js'
+import { sql } from 'kysely'
+import { createTenancy, PoolManager, type Lease, type PoolCounts, type Tenancy } from '../lib/index.js'
 import { createDatabase, query, serverUrl } from './helpers/database.js'
 
 const names = ['default', 'a', 'b', 'c', 'd', 'e'] as const
@@ -181,4 +182,51 @@ t.test('removing a datasource nobody waits for leaves the waiters of the others 
   const lease = await waiting
   t.equal((await lease.client.query('select current_database() as db')).rows[0].db, new URL(urls.b!).pathname.slice(1), 'and is served once a gives its connection back')
   pools.release(lease)
+})
+
+t.test('maxPools defaults to no limit with maxConnections: more isolated datasources than the default 10 are checked out at once; idle pools still close', async (t) => {
+  // Twelve datasources over the six databases: each datasource has a pool of its own.
+  const isolated = Array.from({ length: 12 }, (_, i) => ({ name: `iso${i}`, id: 100 + i, isolate: true as const, isolateClient: `ds${i}` }))
+  const datasources = { default: urls.default!, ...Object.fromEntries(isolated.map((instance, i) => [instance.isolateClient, urls[names[i % names.length]!]!])) }
+  const databases = isolated.map((_, i) => new URL(urls[names[i % names.length]!]!).pathname.slice(1))
+  /** Every instance opens a transaction at once; they all stay open until `together` are inside theirs, whose counters are taken then. */
+  const holdAll = async (tenancy: Tenancy, together: number): Promise<{ settled: unknown[], held: PoolCounts | undefined }> => {
+    const db = tenancy.kysely<any>()
+    let letGo!: () => void
+    const allInside = new Promise<void>((resolve) => { letGo = resolve })
+    let inside = 0
+    let held: PoolCounts | undefined
+    const settled = await Promise.allSettled(isolated.map(async (instance) => {
+      try {
+        return await tenancy.runAsInstance(instance.name, () => db.transaction().execute(async (trx) => {
+          const { rows } = await sql<{ db: string }>`select current_database() as db`.execute(trx)
+          if (++inside === together) { held = tenancy.pools.counts(); letGo() }
+          await allInside
+          return rows[0]!.db
+        }))
+      } finally {
+        // One that fails lets the others end too.
+        letGo()
+      }
+    }))
+    return { settled: settled.map((result) => result.status === 'fulfilled' ? result.value : (result.reason as { code?: string }).code), held }
+  }
+
+  const budgeted = await createTenancy({ instances: isolated, datasources, tables: {}, maxConnections: 12, poolIdleTimeoutMillis: 200, pool: { max: 1 }, doctor: false })
+  t.teardown(() => budgeted.close())
+  const { settled, held } = await holdAll(budgeted, 12)
+  t.same(settled, databases, 'all twelve checkouts succeed, each on its own datasource\'s database')
+  t.match(held, { pools: 12, leased: 12, waiting: 0 }, 'twelve pools were open and checked out at once')
+  t.equal(budgeted.pools.evictions, 0, 'no pool was closed to make room')
+  const deadline = Date.now() + 10_000
+  while (budgeted.pools.counts().pools > 0 && Date.now() < deadline) await new Promise((resolve) => setTimeout(resolve, 50))
+  t.equal(budgeted.pools.counts().pools, 0, 'pools unused for poolIdleTimeoutMillis still close')
+
+  // The same without maxConnections: the default of 10 pools.
+  const unbudgeted = await createTenancy({ instances: isolated, datasources, tables: {}, pool: { max: 1 }, doctor: false })
+  t.teardown(() => unbudgeted.close())
+  const without = await holdAll(unbudgeted, 10)
+  t.match(without.held, { pools: 10, leased: 10, waiting: 2 }, 'without maxConnections, ten pools are open and two datasources wait for a slot')
+  t.same(without.settled, databases, 'they get one when the others are done')
+  t.equal(unbudgeted.pools.evictions, 2, 'by closing two pools')
 })

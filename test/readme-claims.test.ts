@@ -205,6 +205,45 @@ t.test('Row-level security: what the policies make of the setting, and statement
   }
 })
 
+t.test('Row-level security: superusers and BYPASSRLS roles ignore the policies (a documented limit); an ordinary role is bound by them', async (t) => {
+  const rlsUrl = await createDatabase(t, 'readme_claims_rls')
+  await createTenantSchema(rlsUrl)
+  const rlsTables = { student: 'must', course: 'must', role: 'may', tag: 'must' } as const
+  for (const statement of rowLevelSecurityStatements(rlsTables)) await query(rlsUrl, statement)
+  const suffix = randomBytes(4).toString('hex')
+  const logins = [
+    { user: `readme_plain_${suffix}`, attributes: 'nosuperuser nobypassrls' },
+    { user: `readme_bypass_${suffix}`, attributes: 'nosuperuser bypassrls' },
+  ].map((login) => ({ ...login, password: randomBytes(12).toString('hex') }))
+  for (const { user, password, attributes } of logins) {
+    await adminQuery(`create role ${user} login password '${password}' ${attributes}`)
+    t.teardown(async () => {
+      await adminQuery(`drop owned by ${user}`, rlsUrl).catch(() => {})
+      await adminQuery(`drop role if exists ${user}`)
+    })
+    await query(rlsUrl, `grant select on all tables in schema public to ${user}`)
+  }
+  const as = (login: { user: string, password: string }): string => {
+    const own = new URL(rlsUrl)
+    own.username = login.user
+    own.password = login.password
+    return own.toString()
+  }
+  // Raw SQL, which the tenant filter never rewrites: only the policies can confine it.
+  const seenAsB = async (connectionString: string): Promise<Array<{ iid: number, setting: string, superuser: string }>> => {
+    const rls = await createTenancy({ instances: schemaInstances, datasources: { default: connectionString }, tables: rlsTables, rls: true, pool: { max: 1 }, doctor: false })
+    try {
+      return await rls.runAsInstance('b', async () => (await sql<{ iid: number, setting: string, superuser: string }>`select distinct iid, current_setting('tenancy.iid') as setting, current_setting('is_superuser') as superuser from student order by iid`.execute(rls.kysely())).rows)
+    } finally {
+      await rls.close()
+    }
+  }
+  t.same(await seenAsB(as(logins[0]!)), [{ iid: 2, setting: '2', superuser: 'off' }], 'an ordinary role: instance b\'s rows only')
+  t.same(await seenAsB(as(logins[1]!)), [1, 2, 3].map((iid) => ({ iid, setting: '2', superuser: 'off' })), 'a BYPASSRLS role, with the same setting: every instance\'s rows')
+  t.same(await seenAsB(rlsUrl), [1, 2, 3].map((iid) => ({ iid, setting: '2', superuser: 'on' })), 'a superuser login: every instance\'s rows')
+  t.same(await query(rlsUrl, "select relname from pg_class where relname = 'student' and relrowsecurity and relforcerowsecurity"), [{ relname: 'student' }], 'although the policies are enabled and forced')
+})
+
 t.test('Schema mode: the schema alone on search_path, so a table missing from it is an error, not a read of public', async (t) => {
   await tenancy.runAsInstance('s', async () => {
     t.same(await db.selectFrom('student').select(['iid', 'name']).execute(), [{ iid: 9, name: 'schema student' }])

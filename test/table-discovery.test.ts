@@ -6,6 +6,9 @@ import t from 'tap'
 import { isDeepStrictEqual } from 'node:util'
 import { randomBytes } from 'node:crypto'
 import { createServer, type Socket } from 'node:net'
+import { spawnSync } from 'node:child_process'
+import path from 'node:path'
+import pg from 'pg'
 import { sql, type Generated } from 'kysely'
 import { createTenancy, InstanceRegistry, TenantTables, type InstanceStore, type Tenancy } from '../lib/index.js'
 import { CATALOG_WATCH_APPLICATION, catalogTriggerStatements } from '../lib/filter/table-watcher.js'
@@ -38,6 +41,19 @@ async function eventually (read: () => Promise<unknown>, expected: unknown): Pro
     if (isDeepStrictEqual(outcome, expected) || Date.now() > deadline) return outcome
     await new Promise((resolve) => setTimeout(resolve, 20))
   }
+}
+
+/**
+ * Runs `statements` on `target` from another process and returns once they
+ * have committed. This process's event loop waits meanwhile, so nothing here
+ * can have reacted to them (a notification included) when it returns.
+ */
+function commitElsewhere (target: string, statements: string): void {
+  const script = `const pg = require('pg')
+    const client = new pg.Client({ connectionString: process.env.TARGET })
+    client.connect().then(() => client.query(process.env.STATEMENTS)).then(() => client.end()).catch((err) => { console.error(err); process.exit(1) })`
+  const child = spawnSync(process.execPath, ['-e', script], { cwd: path.resolve(import.meta.dirname, '..'), env: { ...process.env, TARGET: target, STATEMENTS: statements }, encoding: 'utf8', timeout: 60_000 })
+  if (child.status !== 0) throw new Error(`the other process failed (${child.status ?? child.signal}): ${child.stderr}`)
 }
 
 /** The watching connections on the database of `target`: pid and how it watches (`listen` or `poll`). */
@@ -319,4 +335,76 @@ t.test('an instance added to a store later, on a datasource not read yet, is ref
   t.equal(compile(), 'TENANCY_UNKNOWN_TABLE', 'not read yet: refused')
   t.equal(await eventually(async () => compile(), 'select "id" from "slip"'), 'select "id" from "slip"', 'read, then allowed')
   t.same(await growing.runAsInstance('late', () => gdb.selectFrom('slip').select('id').execute()), [{ id: 1 }])
+})
+
+t.test('discoverTables(): reads of one datasource run one at a time, and each new set of tables replaces the last at once', async (t) => {
+  await query(url, 'create table parcel (id int primary key); insert into parcel values (1), (2)')
+  t.teardown(async () => { await query(url, 'drop table if exists parcel') })
+  const reading = await createTenancy({ instances: [{ name: 'a', id: 1 }, { name: 'b', id: 2 }], datasources: { default: url }, watchTables: false, doctor: false })
+  t.teardown(() => reading.close())
+  // Without watchTables every read of the catalog takes a pooled connection
+  // and gives it back: the log shows whether two reads were ever out at once.
+  const pools = reading.pools
+  const acquire = pools.acquire.bind(pools)
+  const release = pools.release.bind(pools)
+  const log: string[] = []
+  let reads = 0
+  pools.acquire = async (datasource: string, label?: string) => {
+    log.push(`take ${datasource}`)
+    // Another process gives parcel the tenant column before the second read.
+    if (++reads === 2) await query(url, 'alter table parcel add column iid int; update parcel set iid = id')
+    return await acquire(datasource, label)
+  }
+  pools.release = (lease, destroy) => { log.push(`give back ${lease.datasource}`); release(lease, destroy) }
+  const sets = await Promise.all([reading.discoverTables(), reading.discoverTables(), reading.discoverTables()])
+  t.same(log, ['take default', 'give back default', 'take default', 'give back default', 'take default', 'give back default'], 'three discoveries asked for at once read default one after the other')
+  t.same(sets.map((set) => set.toJSON()['public.parcel']), [undefined, 'may', 'may'], 'the first read came before the change, the later ones after it, and no set was changed afterwards')
+  t.equal(reading.tenantTables, sets[2], 'the set in use is the last one read, as a whole')
+  t.same(await reading.runAsInstance('a', () => reading.kysely<Loose>().selectFrom('parcel').select('id').execute()), [{ id: 1 }], 'parcel is confined')
+})
+
+t.test('watchTables, a limit: between a change\'s commit and the end of its discovery the tables are used as they were, so a table that just gained the tenant column is read unfiltered', async (t) => {
+  const own = await createDatabase(t, 'table_watch_window')
+  await query(own, "create table memo (id int primary key, body text not null); insert into memo values (1, 'memo 1'), (2, 'memo 2')")
+  const watching = await createTenancy({ instances: [{ name: 'a', id: 1 }, { name: 'b', id: 2 }], datasources: { default: own } })
+  t.teardown(() => watching.close())
+  t.same((await watchers(own)).map((row) => row.mode), ['listen'], 'the watching connection listens to the event trigger')
+  const wdb = watching.kysely<Loose>()
+  commitElsewhere(own, 'alter table memo add column iid int; update memo set iid = id; alter table memo alter column iid set not null')
+  // Committed, and no callback of this process has run since: the trigger's notification has not been handled.
+  const compiled = watching.runAsInstance('a', () => wdb.selectFrom('memo').select('id').orderBy('id').compile())
+  t.equal(compiled.sql, 'select "id" from "memo" order by "id"', 'a query compiled after the commit has no tenant predicate')
+  t.same((await watching.runAsInstance('a', () => wdb.executeQuery(compiled))).rows, [{ id: 1 }, { id: 2 }], 'and instance a reads instance b\'s row')
+  const ids = async (): Promise<unknown> => await watching.runAsInstance('a', () => wdb.selectFrom('memo').select('id').orderBy('id').execute())
+  t.same(await eventually(ids, [{ id: 1 }]), [{ id: 1 }], 'once the change is discovered, memo is confined')
+})
+
+t.test('watchTables, a limit: DDL that fires no event trigger is not seen by a listening connection', async (t) => {
+  const own = await createDatabase(t, 'table_watch_unfired')
+  await query(own, 'create table slip (id int); create table bill (id int); create table form (id int); create table card (id int)')
+  const watching = await createTenancy({ instances: [{ name: 'a', id: 1 }, { name: 'b', id: 2 }], datasources: { default: own } })
+  t.teardown(() => watching.close())
+  t.same(await query(own, 'select evtname, evtevent, evtenabled from pg_event_trigger'), [{ evtname: 'tenancy_catalog', evtevent: 'ddl_command_end', evtenabled: 'O' }], 'the trigger the tenancy made')
+  t.same((await watchers(own)).map((row) => row.mode), ['listen'])
+  // A connection listening on the trigger's channel as the watching one does.
+  // A second channel marks the end of each step: notifications arrive in
+  // commit order, so one of the step's own would come before its mark.
+  const listening = new pg.Client({ connectionString: own })
+  await listening.connect()
+  t.teardown(() => listening.end())
+  const heard: string[] = []
+  listening.on('notification', (message) => { heard.push(`${message.channel}: ${message.payload ?? ''}`) })
+  await listening.query('listen tenancy_catalog; listen step_done')
+  const step = async (label: string, statements: string): Promise<string[]> => {
+    const from = heard.length
+    await query(own, statements)
+    await query(own, 'select pg_notify($1, $2)', ['step_done', label])
+    await eventually(async () => heard.at(-1), `step_done: ${label}`)
+    return heard.slice(from)
+  }
+  t.same(await step('replica', 'set session_replication_role = replica; alter table slip add column iid int'), ['step_done: replica'], 'with session_replication_role = replica: nothing on the trigger\'s channel')
+  t.same(await step('setting off', 'set event_triggers = off; alter table bill add column iid int'), ['step_done: setting off'], 'with the event_triggers setting off: nothing')
+  t.same(await step('disabled', 'alter event trigger tenancy_catalog disable; alter table form add column iid int'), ['step_done: disabled'], 'with the trigger disabled: nothing')
+  await query(own, 'alter event trigger tenancy_catalog enable')
+  t.same(await step('ordinary', 'alter table card add column iid int'), ['tenancy_catalog: ALTER TABLE', 'step_done: ordinary'], 'the same DDL otherwise is notified')
 })
