@@ -184,6 +184,24 @@ t.test('removing a datasource nobody waits for leaves the waiters of the others 
   pools.release(lease)
 })
 
+t.test('connections still checked out of a removed datasource count against the budget until they are given back', async (t) => {
+  const { app, datasources } = tagged()
+  const pools = new PoolManager(datasources, { maxConnections: 2, pool: { max: 2, connectionTimeoutMillis: 10_000 } })
+  t.teardown(() => pools.close())
+  const held = [await pools.acquire('a'), await pools.acquire('a')]
+  pools.removeDatasource('a')
+  const waiting = pools.acquire('b')
+  await new Promise(setImmediate)
+  t.equal(pools.counts().budget!.waiting, 1, 'b waits: both connections of the budget are still a\'s')
+  t.equal(await serverCount(app), 2, 'the server sees a\'s two connections and no third')
+  pools.release(held[0]!)
+  const lease = await waiting
+  t.equal((await lease.client.query('select current_database() as db')).rows[0].db, new URL(urls.b!).pathname.slice(1), 'b is served once one of them is given back')
+  t.ok(await serverCount(app) <= 2, 'still at most 2 on the server')
+  pools.release(lease)
+  pools.release(held[1]!)
+})
+
 t.test('maxPools defaults to no limit with maxConnections: more isolated datasources than the default 10 are checked out at once; idle pools still close', async (t) => {
   // Twelve datasources over the six databases: each datasource has a pool of its own.
   const isolated = Array.from({ length: 12 }, (_, i) => ({ name: `iso${i}`, id: 100 + i, isolate: true as const, isolateClient: `ds${i}` }))

@@ -88,7 +88,11 @@ export class ConnectionBudget {
   // Checkouts served from their own pool's idle connection while a waiter ahead of them waited for the budget.
   #reuses = 0
 
-  /** `pools` lists the open pools whenever the budget needs to count or pick one. */
+  /**
+   * `pools` lists, whenever the budget needs to count or pick one, the pools
+   * whose connections count: the open ones, and those being ended while some
+   * of their connections are still checked out.
+   */
   constructor (max: number, pools: () => Iterable<BudgetedPool>) {
     if (!Number.isSafeInteger(max) || max < 1) throw new InvalidOptionsError(`maxConnections must be a positive integer, not ${JSON.stringify(max)}`)
     this.#max = max

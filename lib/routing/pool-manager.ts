@@ -153,6 +153,8 @@ export class PoolManager {
   readonly #defaults: pg.PoolConfig
   readonly #entries = new Map<string, Entry>()
   readonly #ending = new Set<Promise<void>>()
+  // Pools being ended: a connection still checked out of one is open on the server until it is given back.
+  readonly #endingEntries = new Set<Entry>()
   readonly #waiters: SlotWaiter[] = []
   readonly #maxPools: number
   readonly #poolIdleTimeoutMillis: number
@@ -179,7 +181,8 @@ export class PoolManager {
     if (pool === null || typeof pool !== 'object') throw new InvalidOptionsError('pool must be an object of pool settings')
     checkSettings(pool as Record<string, unknown>, 'pool')
     this.#maxPools = maxPools
-    this.#budget = maxConnections === undefined ? undefined : new ConnectionBudget(maxConnections, () => this.#entries.values())
+    this.#budget = maxConnections === undefined ? undefined : new ConnectionBudget(maxConnections,
+      () => this.#endingEntries.size === 0 ? this.#entries.values() : [...this.#entries.values(), ...this.#endingEntries])
     this.#poolIdleTimeoutMillis = poolIdleTimeoutMillis
     const defaults = { ...DEFAULT_POOL_SETTINGS, ...defined(pool) }
     this.#defaults = defaults
@@ -488,8 +491,10 @@ export class PoolManager {
     if (entry.state !== 'open') return
     entry.state = 'ending'
     this.#entries.delete(entry.datasource)
+    this.#endingEntries.add(entry)
     const ending: Promise<void> = entry.pool.end().catch(() => {}).then(() => {
       entry.state = 'ended'
+      this.#endingEntries.delete(entry)
       this.#ending.delete(ending)
     })
     this.#ending.add(ending)
