@@ -172,8 +172,10 @@ async function until (ready: () => boolean): Promise<void> {
   while (!ready()) await new Promise((resolve) => setImmediate(resolve))
 }
 
-t.test('a connection given back goes to a waiting checkout that wants its session, past one that does not, at most 8 times', async (t) => {
-  const r = await routed(t, 2)
+// Under a budget the checkouts wait in the budget's queue, not in pg-pool's: the same order is asked of both.
+for (const [where, extra] of [['pg-pool\'s queue', {}], ['the budget\'s queue (maxConnections)', { maxConnections: 2 }]] as const) {
+t.test(`a connection given back goes to a waiting checkout that wants its session, past one that does not, at most 8 times: ${where}`, async (t) => {
+  const r = await routed(t, 2, extra)
   const a = await hold(r, 'a')
   const b = await hold(r, 'b')
   const waitingInPool = (): number => r.tenancy.pools.counts().waiting
@@ -201,8 +203,8 @@ t.test('a connection given back goes to a waiting checkout that wants its sessio
   await b.release()
 })
 
-t.test('without a waiter that wants its session, a connection given back goes to the one that waited longest', async (t) => {
-  const r = await routed(t, 2)
+t.test(`without a waiter that wants its session, a connection given back goes to the one that waited longest: ${where}`, async (t) => {
+  const r = await routed(t, 2, extra)
   const a = await hold(r, 'a')
   const b = await hold(r, 'b')
   const served: string[] = []
@@ -216,6 +218,7 @@ t.test('without a waiter that wants its session, a connection given back goes to
   t.same(served, ['c in tenant_c', 'c in tenant_c', 'b in tenant_b'], 'c waited longest and gets the connection a gave back; the next c keeps it, before b')
   await b.release()
 })
+}
 
 t.test('holds(target) is true exactly when changesTo(target) has nothing to send, whatever the session went through', async (t) => {
   const seed = Number(process.env.FC_SEED ?? Date.now() % 2 ** 31)

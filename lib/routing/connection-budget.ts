@@ -1,5 +1,6 @@
 import type pg from 'pg'
 import { DatasourceUnavailableError, InvalidOptionsError, quote } from '../errors.js'
+import { chooseWaiter } from './session-affinity.js'
 
 // pg-pool hands an idle client to a checkout on the next tick, and opens a
 // client for a checkout it queued when no idle one is left by then: until
@@ -35,11 +36,18 @@ export interface BudgetedPool {
   readonly useOrder: number
 }
 
+const wantsIdle = (waiter: Waiter): boolean => waiter.wants?.() === true
+const passes = (waiter: Waiter): Waiter => waiter
+
 interface Waiter {
   readonly entry: BudgetedPool
   readonly label: string
   /** Checks out of `entry.pool` (the pool manager's, with its session affinity). */
   readonly open: () => Promise<pg.PoolClient>
+  /** Whether an idle connection of `entry.pool` already carries the session this checkout needs (session affinity). */
+  readonly wants: (() => boolean) | undefined
+  /** Later waiters of its datasource served before it because they wanted an idle connection's session. */
+  overtaken: number
   readonly resolve: (client: Promise<pg.PoolClient>) => void
   readonly reject: (err: Error) => void
   timer: NodeJS.Timeout | undefined
@@ -109,13 +117,16 @@ export class ConnectionBudget {
    * for the connection it may open. While anyone waits, every checkout queues
    * behind them (also one its pool could serve from an idle connection):
    * waiting happens here, never in pg-pool's own queue, so the turns stay
-   * fair across datasources (and a datasource's waiters are served in order,
-   * without the session affinity of pg-pool's queue).
+   * fair across datasources. A datasource's waiters are served in order,
+   * but for session affinity: when its turn comes with an idle connection,
+   * that goes to a waiter that `wants` it (one of the idle connections
+   * carries its session), past each one before it at most 8 times, as in
+   * pg-pool's queue.
    */
-  async connect (entry: BudgetedPool, label: string, timeoutMillis: number, open: () => Promise<pg.PoolClient> = async () => await entry.pool.connect()): Promise<pg.PoolClient> {
+  async connect (entry: BudgetedPool, label: string, timeoutMillis: number, open: () => Promise<pg.PoolClient> = async () => await entry.pool.connect(), wants?: () => boolean): Promise<pg.PoolClient> {
     if (this.#waiting === 0 && this.#servable(entry)) return await open()
     return await new Promise<Promise<pg.PoolClient>>((resolve, reject) => {
-      const waiter: Waiter = { entry, label, open, resolve, reject, timer: undefined }
+      const waiter: Waiter = { entry, label, open, wants, overtaken: 0, resolve, reject, timer: undefined }
       if (timeoutMillis > 0) {
         waiter.timer = setTimeout(() => {
           // Never false: every other way out of the queue clears this timer first. Kept so
@@ -154,10 +165,15 @@ export class ConnectionBudget {
         const waiter = queue[0]!
         const pool = waiter.entry.pool
         if (!blocked) {
-          if (spare(pool) > 0 || (size(pool) < waiter.entry.max && this.#open() < this.#max)) {
+          if (spare(pool) > 0) {
+            this.#reuses = 0
+            this.#serve(queue, chooseWaiter(queue, wantsIdle, passes))
+            continue round
+          }
+          if (size(pool) < waiter.entry.max && this.#open() < this.#max) {
             // Nobody ahead of it waits for the budget: a waiter that did has been served.
             this.#reuses = 0
-            this.#serve(waiter)
+            this.#serve(queue, 0)
             continue round
           }
           blocked = size(pool) < waiter.entry.max
@@ -165,7 +181,7 @@ export class ConnectionBudget {
         }
         if (spare(pool) > 0 && this.#reuses < REUSES_WHILE_BLOCKED) {
           this.#reuses++
-          this.#serve(waiter)
+          this.#serve(queue, chooseWaiter(queue, wantsIdle, passes))
           continue round
         }
       }
@@ -174,8 +190,9 @@ export class ConnectionBudget {
     }
   }
 
-  #serve (waiter: Waiter): void {
-    this.#take(waiter)
+  #serve (queue: Waiter[], index: number): void {
+    const waiter = queue[index]!
+    this.#take(waiter, index)
     // pg-pool counts a new client at once, so the next round sees it.
     waiter.resolve(waiter.open())
   }
@@ -220,9 +237,9 @@ export class ConnectionBudget {
     return open
   }
 
-  #take (waiter: Waiter): void {
+  #take (waiter: Waiter, index: number): void {
     const queue = this.#queues.get(waiter.entry.datasource)!
-    queue.shift()
+    queue.splice(index, 1)
     this.#waiting--
     if (waiter.timer) clearTimeout(waiter.timer)
     // Its datasource goes to the back of the round: the others are served before its next waiter.

@@ -2,7 +2,7 @@ import pg from 'pg'
 import { ClosedError, InvalidOptionsError, DatasourceUnavailableError, SessionError, quote } from '../errors.js'
 import { SessionState, type SessionTarget } from './session-state.js'
 import { ConnectionBudget, type BudgetCounts } from './connection-budget.js'
-import { connectWithAffinity, releaseWithAffinity } from './session-affinity.js'
+import { connectWithAffinity, idleHolds, releaseWithAffinity } from './session-affinity.js'
 
 const SERVER_DEFAULTS: SessionTarget = Object.freeze({ schema: null, role: null, settings: Object.freeze({}) })
 // What a connection nobody has set anything on carries.
@@ -296,7 +296,8 @@ export class PoolManager {
       const client = this.#budget === undefined
         ? await connectWithAffinity(entry.pool, target, this.#sessionOrFresh)
         : await this.#budget.connect(entry, label, this.#configs.get(datasource)?.connectionTimeoutMillis ?? DEFAULT_POOL_SETTINGS.connectionTimeoutMillis,
-          () => connectWithAffinity(entry.pool, target, this.#sessionOrFresh))
+          () => connectWithAffinity(entry.pool, target, this.#sessionOrFresh),
+          target === undefined ? undefined : () => idleHolds(entry.pool, target, this.#sessionOrFresh))
       const lease: Lease = { client, datasource }
       this.#leases.set(lease, entry)
       return lease

@@ -56,11 +56,8 @@ export function connectWithAffinity (pool: pg.Pool, target: SessionTarget | unde
   const idle = idleOf(pool)
   // While others wait in pg-pool's queue the next idle client is theirs.
   if (target !== undefined && idle !== undefined && idle.length > 1 && pool.waitingCount === 0) {
-    for (let i = idle.length - 1; i >= 0; i--) {
-      if (!sessionOf(idle[i]!.client).holds(target)) continue
-      if (i !== idle.length - 1) idle.push(idle.splice(i, 1)[0]!)
-      break
-    }
+    const i = heldAt(idle, target, sessionOf)
+    if (i >= 0 && i !== idle.length - 1) idle.push(idle.splice(i, 1)[0]!)
   }
   const queued = pool.waitingCount
   const client = pool.connect()
@@ -80,24 +77,45 @@ export function connectWithAffinity (pool: pg.Pool, target: SessionTarget | unde
 export function releaseWithAffinity (pool: pg.Pool, session: SessionState): void {
   const queue = queueOf(pool)
   if (queue === undefined || queue.length < 2) return
-  const wants = (item: PendingItem): boolean => {
+  const i = chooseWaiter(queue, (item) => {
     const target = waiting.get(item)?.target
     return target !== undefined && session.holds(target)
-  }
-  if (wants(queue[0]!)) return
+  }, (item) => waiting.get(item))
+  if (i > 0) queue.unshift(queue.splice(i, 1)[0]!)
+}
+
+/** Whether an idle client of `pool` has a session that holds `target`. */
+export function idleHolds (pool: pg.Pool, target: SessionTarget, sessionOf: (client: pg.PoolClient) => SessionState): boolean {
+  const idle = idleOf(pool)
+  return idle !== undefined && heldAt(idle, target, sessionOf) >= 0
+}
+
+/**
+ * Which of `queue` (served from the front) gets a connection now: the first
+ * within {@link LOOKAHEAD} that `wants` it, when those before it have been
+ * passed fewer than {@link OVERTAKES} times (they are passed once more), else
+ * the front one. A waiter without a record (`passes` gives `undefined`) is
+ * never passed. Shared by pg-pool's queue and the connection budget's.
+ */
+export function chooseWaiter<T> (queue: readonly T[], wants: (waiter: T) => boolean, passes: (waiter: T) => { overtaken: number } | undefined): number {
+  if (queue.length < 2 || wants(queue[0]!)) return 0
   const end = Math.min(queue.length, LOOKAHEAD)
   for (let i = 0; i < end; i++) {
-    const item = queue[i]!
-    if (i > 0 && wants(item)) {
+    if (i > 0 && wants(queue[i]!)) {
       for (let j = 0; j < i; j++) {
-        const passed = waiting.get(queue[j]!)
+        const passed = passes(queue[j]!)
         if (passed !== undefined) passed.overtaken++
       }
-      queue.splice(i, 1)
-      queue.unshift(item)
-      return
+      return i
     }
     // Nobody may pass this one any more, nor anyone behind it.
-    if ((waiting.get(item)?.overtaken ?? OVERTAKES) >= OVERTAKES) return
+    if ((passes(queue[i]!)?.overtaken ?? OVERTAKES) >= OVERTAKES) return 0
   }
+  return 0
+}
+
+/** The index in pg-pool's idle list of the most recently used client whose session holds `target`, or -1. */
+function heldAt (idle: IdleItem[], target: SessionTarget, sessionOf: (client: pg.PoolClient) => SessionState): number {
+  for (let i = idle.length - 1; i >= 0; i--) if (sessionOf(idle[i]!.client).holds(target)) return i
+  return -1
 }
