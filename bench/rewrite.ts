@@ -9,7 +9,7 @@ import path from 'node:path'
 import { rm } from 'node:fs/promises'
 import pg from 'pg'
 import { Kysely, PostgresDialect, sql, type Compilable } from 'kysely'
-import { createTenancy, rowLevelSecurityStatements, InstanceFilterPlugin, type Tenancy } from '../lib/index.js'
+import { createTenancy, rowLevelSecurityStatements, InstanceFilterPlugin, DEFAULT_POOL_SETTINGS, type Tenancy } from '../lib/index.js'
 import { pathToFileURL } from 'node:url'
 import type { EmbeddedServer } from '../scripts/embedded-postgres.js'
 import { courseStudentTables } from './bench-database.js'
@@ -47,6 +47,10 @@ appUrl.password = 'bench'
 
 const tables = { student: 'must', course: 'must' } as const
 const hand = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: CONCURRENCY }) }) })
+// The same queries on a pg pool with the settings the tenancy gives its own
+// pools (a checkout timeout, which pg-pool arms and clears on every checkout,
+// and allowExitOnIdle): how much of tenancy.kysely()'s cost is the pool's settings.
+const handSettings = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ ...DEFAULT_POOL_SETTINGS, connectionString: url, max: CONCURRENCY }) }) })
 // The like-for-like baseline of the prepared variant: hand-written, each text
 // with parameters sent as a named statement, as pg does when given a name.
 const handNames = new Map<string, string>()
@@ -148,8 +152,8 @@ async function qps (set: ReturnType<typeof queries>, tenancy: Tenancy = plainTen
 const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
 const rlsSet = queries(rls, false)
-const variants = { hand: handSet, handPrepared: queries(handPrepared, true), plugin: pluginSet, tenancy: queries(tenancyDb, false), tenancyPrepared: queries(tenancyPreparedDb, false), rls: rlsSet, rlsPrepared: queries(rlsPrepared, false) }
-const samples: Record<keyof typeof variants, Throughput[]> = { hand: [], handPrepared: [], plugin: [], tenancy: [], tenancyPrepared: [], rls: [], rlsPrepared: [] }
+const variants = { hand: handSet, handSettings: queries(handSettings, true), handPrepared: queries(handPrepared, true), plugin: pluginSet, tenancy: queries(tenancyDb, false), tenancyPrepared: queries(tenancyPreparedDb, false), rls: rlsSet, rlsPrepared: queries(rlsPrepared, false) }
+const samples: Record<keyof typeof variants, Throughput[]> = { hand: [], handSettings: [], handPrepared: [], plugin: [], tenancy: [], tenancyPrepared: [], rls: [], rlsPrepared: [] }
 const tenancyOf = (name: keyof typeof variants): Tenancy => name === 'rls' ? rlsTenancy : name === 'rlsPrepared' ? rlsPreparedTenancy : name === 'tenancyPrepared' ? preparedTenancy : plainTenancy
 for (const name of Object.keys(variants) as Array<keyof typeof variants>) await qps(variants[name], tenancyOf(name)) // warm-up
 for (let round = 0; round < ROUNDS; round++) {
@@ -173,11 +177,13 @@ console.log(`  plugin                    ${compile.plugin.toFixed(0)} ms  (${(co
 console.log(`  ratio plugin / hand       ${(compile.plugin / compile.hand).toFixed(2)}×  (target ≤ 1.30×)`)
 console.log(`end to end: ${CONCURRENCY} concurrent callers, ${E2E_SECONDS} s × ${ROUNDS} rotated rounds each, same mix; medians`)
 const line = (label: string, run: Throughput, note: string): void => {
-  console.log(`  ${label.padEnd(26)}${run.qps.toFixed(0).padStart(6)} q/s ${run.cpu.toFixed(1).padStart(6)} µs client CPU/query${note}`)
+  console.log(`  ${label.padEnd(28)}${run.qps.toFixed(0).padStart(6)} q/s ${run.cpu.toFixed(1).padStart(6)} µs client CPU/query${note}`)
 }
 line('hand-written', e2e.hand, '')
 line('plugin', e2e.plugin, `  (${(e2e.plugin.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s, target ≥ 97%; CPU +${(e2e.plugin.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
 line('tenancy.kysely()', e2e.tenancy, `  (${(e2e.tenancy.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s; CPU +${(e2e.tenancy.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
+line('hand, tenancy pool settings', e2e.handSettings, `  (${(e2e.handSettings.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s; CPU +${(e2e.handSettings.cpu - e2e.hand.cpu).toFixed(1)} µs; ` +
+  `tenancy.kysely() is ${(e2e.tenancy.qps / e2e.handSettings.qps * 100).toFixed(1)}% of it)`)
 line('tenancy.kysely() + rls', e2e.rls, `  (${(e2e.rls.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s; CPU +${(e2e.rls.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
 line('hand-written, prepared', e2e.handPrepared, `  (${(e2e.handPrepared.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s)`)
 line('tenancy.kysely(), prepared', e2e.tenancyPrepared, `  (${(e2e.tenancyPrepared.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s; ` +
@@ -186,6 +192,7 @@ line('+ rls, preparedStatements', e2e.rlsPrepared, `  (${(e2e.rlsPrepared.qps / 
   `${(e2e.rlsPrepared.qps / e2e.handPrepared.qps * 100).toFixed(1)}% of hand-written prepared; CPU +${(e2e.rlsPrepared.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
 
 await hand.destroy()
+await handSettings.destroy()
 await rlsTenancy.close()
 await rlsPreparedTenancy.close()
 await preparedTenancy.close()
