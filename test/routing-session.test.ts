@@ -245,11 +245,14 @@ t.test('the session belongs to the connection: another routing pool, or a lease 
 })
 
 t.test('a session that cannot be prepared fails the query and the connection is discarded', async (t) => {
-  await ten.runAsInstance('c', async () => { await session() })
+  const pid = await ten.runAsInstance('c', async () => (await checkout()).pid)
   await t.rejects(ten.runAsInstance('ghost', async () => await session()), { code: 'TENANCY_SESSION_FAILED', statusCode: 500, message: /The session of a connection for instance "ghost" could not be prepared \(SET ROLE "nobody_\w+"\): role "nobody_\w+" does not exist\. The connection was destroyed\./, cause: { code: '22023' } })
+  // The failed SET ROLE left the session as it was (PostgreSQL undid the text as one implicit transaction), but nobody reads that here.
+  t.ok(await backendGone(pid), 'the connection (the pool\'s only one) was closed, not pooled again')
   await ten.runAsInstance('', async () => {
     t.same({ ...(await session()), path: undefined }, { schema: 'public', user: 'postgres', path: undefined }, 'the next user gets a clean connection')
   })
+  t.not((await ten.runAsInstance('', checkout)).pid, pid, 'a new one')
   t.equal(ten.pools.counts().leased, 0, 'nothing left checked out')
 })
 

@@ -41,6 +41,17 @@ t.test('set_config through stream(): the next checkout gets its own schema on an
   t.same(shared, [{ body: 'public note' }], 'the default instance is on the default path')
 })
 
+t.test('a stream() that changes nothing keeps its connection: the next checkout is on the same one', async (t) => {
+  const before = await ten.runAsInstance('c', pid)
+  const streamed = await ten.runAsInstance('c', async () => {
+    const rows = []
+    for await (const row of db.selectFrom('note').select('body').stream()) rows.push(row)
+    return rows
+  })
+  t.same(streamed, [{ body: 'c note' }], 'c streams its own note')
+  t.equal(await ten.runAsInstance('c', pid), before, 'the connection was pooled again (its text was read and found harmless)')
+})
+
 t.test('stream() under transaction pooling: refused when it changes the session, outside a transaction, or as another instance; in one, it sees the set-up', async (t) => {
   const local = new Kysely<DB>({
     dialect: new PostgresDialect({
