@@ -5,7 +5,7 @@
 // One PostgreSQL serves the whole run: DATABASE_URL, or an embedded server this
 // script starts (data in .data/mutate-<pid>) and stops at the end, also on an
 // error or Ctrl-C. `--head` (or `--at=COMMIT`) mutates a copy of the last
-// commit (or of that one) instead of the working tree. Results: the console, and reports/mutation/<group>.{md,json,html}. Each mutant runs the group's test files one after another,
+// commit (or of that one) instead of the working tree. Results: the console, and reports/mutation/<group>.{md,json,html} (<group>.dry-run.* for a dry run). Each mutant runs the group's test files one after another,
 // each in its own `node` process, and is killed by the first that fails.
 //
 // The test files run under Node's own type stripping, not tap's TypeScript
@@ -194,14 +194,16 @@ async function main () {
     let results
     // Some tests have timeouts of 100 ms; on a loaded machine the initial run,
     // which must pass, fails now and then. Two more tries before giving up.
+    // A dry run must not overwrite the last real run's report.
+    const stem = dryRunOnly ? `${name}.dry-run` : name
     for (let attempt = 1; results === undefined; attempt++) {
       try {
         results = await new Stryker({
           configFile: 'stryker.config.mjs',
           mutate,
           commandRunner: { command },
-          jsonReporter: { fileName: `reports/mutation/${name}.json` },
-          htmlReporter: { fileName: `reports/mutation/${name}.html` },
+          jsonReporter: { fileName: `reports/mutation/${stem}.json` },
+          htmlReporter: { fileName: `reports/mutation/${stem}.html` },
           dryRunOnly,
         }).runMutationTest()
       } catch (err) {
@@ -246,9 +248,9 @@ async function main () {
       ...survivors.map((survivor) => `- ${survivor}`), '',
     ].join('\n')
     if (process.cwd() !== root) {
-      for (const ext of ['json', 'html']) await cp(`reports/mutation/${name}.${ext}`, path.join(reports, `${name}.${ext}`)).catch(() => {})
+      for (const ext of ['json', 'html']) await cp(`reports/mutation/${stem}.${ext}`, path.join(reports, `${stem}.${ext}`)).catch(() => {})
     }
-    await writeFile(path.join(reports, `${name}.md`), report)
+    await writeFile(path.join(reports, `${stem}.md`), report)
     console.log(`\n${report}`)
     return { line, ok: dryRunOnly || tally.survived + tally.noCoverage === 0 }
   }
