@@ -196,6 +196,59 @@ t.test('release: a client is pooled again, unless destroy says its session is br
   pools.release(again)
 })
 
+t.test('a checkout that an idle connection will serve arms no checkout timer; one that has to wait still times out', async (t) => {
+  const pools = new PoolManager(urls, { pool: { max: 1, connectionTimeoutMillis: 300 } })
+  t.teardown(() => pools.close())
+  pools.release(await pools.acquire('a'))
+  // pg-pool arms its checkout timer (unref'd, so not an active resource) synchronously, inside acquire().
+  const armedBy = <T>(fn: () => T): { value: T, armed: number } => {
+    const real = globalThis.setTimeout
+    let armed = 0
+    globalThis.setTimeout = ((callback: () => void, ms?: number) => {
+      if (ms === 300) armed++
+      return real(callback, ms)
+    }) as typeof setTimeout
+    try {
+      return { value: fn(), armed }
+    } finally {
+      globalThis.setTimeout = real
+    }
+  }
+  const served = armedBy(() => pools.acquire('a'))
+  t.equal(served.armed, 0, 'no timer for a checkout an idle connection is promised to')
+  const lease = await served.value
+  const behind = armedBy(() => pools.acquire('a'))
+  t.equal(behind.armed, 1, 'a checkout of the busy pool has its timer')
+  const waiting = behind.value
+  await t.rejects(waiting, { code: 'TENANCY_DATASOURCE_UNAVAILABLE', statusCode: 503 }, 'and fails after connectionTimeoutMillis')
+  pools.release(lease)
+})
+
+t.test('a checkout still queued when its pool closes fails at once: removed in the same tick, removed while it waits, or the manager closed', async (t) => {
+  // Long enough that a stranded checkout would outlive the test's own timeout.
+  const pools = new PoolManager(urls, { pool: { max: 1, connectionTimeoutMillis: 600_000 } })
+  pools.release(await pools.acquire('a'))
+  const sameTick = pools.acquire('a')
+  pools.removeDatasource('a')
+  await t.rejects(sameTick, { code: 'TENANCY_DATASOURCE_UNAVAILABLE', statusCode: 503 }, 'promised an idle connection, then the datasource removed')
+
+  pools.addDatasource('a', urls.a)
+  const held = await pools.acquire('a')
+  const behind = pools.acquire('a')
+  await until(() => pools.counts().waiting === 1, 'the second checkout waits in the pool')
+  pools.removeDatasource('a')
+  await t.rejects(behind, { code: 'TENANCY_DATASOURCE_UNAVAILABLE', statusCode: 503 }, 'waiting for a busy pool, then the datasource removed')
+  pools.release(held)
+
+  const b = await pools.acquire('b')
+  const queued = pools.acquire('b')
+  await until(() => pools.counts().waiting === 1, 'a checkout of b waits')
+  const closing = pools.close()
+  await t.rejects(queued, { code: 'TENANCY_CLOSED' }, 'the manager closed')
+  pools.release(b)
+  await closing
+})
+
 t.test('evictions is read-only', async (t) => {
   const pools = new PoolManager(urls)
   t.teardown(() => pools.close())

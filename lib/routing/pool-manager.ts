@@ -2,7 +2,7 @@ import pg from 'pg'
 import { ClosedError, InvalidOptionsError, DatasourceUnavailableError, SessionError, quote } from '../errors.js'
 import { SessionState, type SessionTarget } from './session-state.js'
 import { ConnectionBudget, type BudgetCounts } from './connection-budget.js'
-import { connectWithAffinity, idleHolds, releaseWithAffinity } from './session-affinity.js'
+import { connectWithAffinity, failQueued, idleHolds, releaseWithAffinity } from './session-affinity.js'
 
 const SERVER_DEFAULTS: SessionTarget = Object.freeze({ schema: null, role: null, settings: Object.freeze({}) })
 // What a connection nobody has set anything on carries.
@@ -245,7 +245,7 @@ export class PoolManager {
     }
     this.#budget?.rejectDatasource(name, (label) => new DatasourceUnavailableError(quote(label)))
     const entry = this.#entries.get(name)
-    if (entry !== undefined) this.#close(entry)
+    if (entry !== undefined) this.#close(entry, () => new DatasourceUnavailableError(quote(name)))
   }
 
   /** Pools closed to make room under `maxPools`, since start. */
@@ -374,7 +374,7 @@ export class PoolManager {
         waiter.reject(new ClosedError('this query was waiting for a connection pool, and none will be opened any more.'))
       }
       this.#budget?.rejectAll(() => new ClosedError('this query was waiting for a connection, and none will be opened any more.'))
-      for (const entry of [...this.#entries.values()]) this.#close(entry)
+      for (const entry of [...this.#entries.values()]) this.#close(entry, () => new ClosedError('this query was waiting for a connection, and none will be opened any more.'))
     }
     while (this.#ending.size > 0) await Promise.allSettled([...this.#ending])
     this.#state = 'ended'
@@ -487,12 +487,14 @@ export class PoolManager {
     return entry
   }
 
-  #close (entry: Entry): void {
+  /** Ends a pool; the checkouts waiting in its queue fail at once with `reason()` (pg-pool's end() would serve none). */
+  #close (entry: Entry, reason: () => Error = () => new DatasourceUnavailableError(quote(entry.datasource))): void {
     // Closing twice would end the pool twice and count it twice in #ending; no caller does today.
     if (entry.state !== 'open') return
     entry.state = 'ending'
     this.#entries.delete(entry.datasource)
     this.#endingEntries.add(entry)
+    failQueued(entry.pool, reason)
     const ending: Promise<void> = entry.pool.end().catch(() => {}).then(() => {
       entry.state = 'ended'
       this.#endingEntries.delete(entry)

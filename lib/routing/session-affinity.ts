@@ -9,9 +9,11 @@ import type { SessionState, SessionTarget } from './session-state.js'
 // stands; test/session-affinity.test.ts fails when a pg-pool release changes
 // them. Which client a checkout gets never decides what its session is: the
 // routing pool still compares the session with what the checkout needs.
+// The same lists tell when an idle client is promised to a checkout, which
+// then needs no checkout timer (see connectPromised).
 interface IdleItem { readonly client: pg.PoolClient }
 type PendingItem = object
-interface Lists { _idle?: unknown, _pendingQueue?: unknown }
+interface Lists { _idle?: unknown, _pendingQueue?: unknown, options?: { connectionTimeoutMillis?: number } }
 
 /**
  * A waiter may be passed by this many later checkouts that wanted the
@@ -60,7 +62,7 @@ export function connectWithAffinity (pool: pg.Pool, target: SessionTarget | unde
     if (i >= 0 && i !== idle.length - 1) idle.push(idle.splice(i, 1)[0]!)
   }
   const queued = pool.waitingCount
-  const client = pool.connect()
+  const client = idle !== undefined && idle.length > queued ? connectPromised(pool) : pool.connect()
   const queue = queueOf(pool)
   // pg-pool queues the checkout at once when it cannot open a client for it.
   if (queue !== undefined && pool.waitingCount === queued + 1) waiting.set(queue[queue.length - 1]!, { target, overtaken: 0 })
@@ -82,6 +84,38 @@ export function releaseWithAffinity (pool: pg.Pool, session: SessionState): void
     return target !== undefined && session.holds(target)
   }, (item) => waiting.get(item))
   if (i > 0) queue.unshift(queue.splice(i, 1)[0]!)
+}
+
+/**
+ * `pool.connect()` when an idle client is promised to it (more are idle than
+ * wait): pg-pool queues the checkout and serves it on the next tick, before
+ * any timer or I/O callback could take that client away, so the checkout
+ * timeout pg-pool would arm and clear (`connectionTimeoutMillis`, a timer on
+ * every checkout) is left out. Only `pool.end()` in the same tick can strand
+ * such a checkout: {@link failQueued} ends those. The option is pg-pool's
+ * own object, read only while `connect()` queues (it never opens a client
+ * while one is idle, so the connect timeout of a new client is not touched).
+ */
+function connectPromised (pool: pg.Pool): Promise<pg.PoolClient> {
+  const options = (pool as unknown as Lists).options
+  const timeout = options?.connectionTimeoutMillis
+  if (options === undefined || timeout === undefined || timeout === 0) return pool.connect()
+  options.connectionTimeoutMillis = 0
+  try {
+    return pool.connect()
+  } finally {
+    options.connectionTimeoutMillis = timeout
+  }
+}
+
+/** Fails every checkout waiting in pg-pool's queue with `err()`: after `pool.end()` pg-pool serves none of them. */
+export function failQueued (pool: pg.Pool, err: () => Error): void {
+  const queue = queueOf(pool)
+  if (queue === undefined) return
+  for (const item of queue.splice(0)) {
+    const callback = (item as { callback?: unknown }).callback
+    if (typeof callback === 'function') callback(err())
+  }
 }
 
 /** Whether an idle client of `pool` has a session that holds `target`. */
