@@ -152,9 +152,9 @@ export class PoolManager {
   // The settings every datasource starts from, for those added at run time.
   readonly #defaults: pg.PoolConfig
   readonly #entries = new Map<string, Entry>()
-  readonly #ending = new Set<Promise<void>>()
-  // Pools being ended: a connection still checked out of one is open on the server until it is given back.
-  readonly #endingEntries = new Set<Entry>()
+  // Pools being ended, until their end() settles: a connection still checked
+  // out of one is open on the server until it is given back.
+  readonly #ending = new Map<Entry, Promise<void>>()
   readonly #waiters: SlotWaiter[] = []
   readonly #maxPools: number
   readonly #poolIdleTimeoutMillis: number
@@ -182,7 +182,7 @@ export class PoolManager {
     checkSettings(pool as Record<string, unknown>, 'pool')
     this.#maxPools = maxPools
     this.#budget = maxConnections === undefined ? undefined : new ConnectionBudget(maxConnections,
-      () => this.#endingEntries.size === 0 ? this.#entries.values() : [...this.#entries.values(), ...this.#endingEntries])
+      () => this.#ending.size === 0 ? this.#entries.values() : [...this.#entries.values(), ...this.#ending.keys()])
     this.#poolIdleTimeoutMillis = poolIdleTimeoutMillis
     const defaults = { ...DEFAULT_POOL_SETTINGS, ...defined(pool) }
     this.#defaults = defaults
@@ -245,7 +245,7 @@ export class PoolManager {
     }
     this.#budget?.rejectDatasource(name, (label) => new DatasourceUnavailableError(quote(label)))
     const entry = this.#entries.get(name)
-    if (entry !== undefined) this.#close(entry, () => new DatasourceUnavailableError(quote(name)))
+    if (entry !== undefined) this.#close(entry)
   }
 
   /** Pools closed to make room under `maxPools`, since start. */
@@ -373,10 +373,11 @@ export class PoolManager {
         clearTimeout(waiter.timer)
         waiter.reject(new ClosedError('this query was waiting for a connection pool, and none will be opened any more.'))
       }
-      this.#budget?.rejectAll(() => new ClosedError('this query was waiting for a connection, and none will be opened any more.'))
-      for (const entry of [...this.#entries.values()]) this.#close(entry, () => new ClosedError('this query was waiting for a connection, and none will be opened any more.'))
+      const closed = (): Error => new ClosedError('this query was waiting for a connection, and none will be opened any more.')
+      this.#budget?.rejectAll(closed)
+      for (const entry of [...this.#entries.values()]) this.#close(entry, closed)
     }
-    while (this.#ending.size > 0) await Promise.allSettled([...this.#ending])
+    while (this.#ending.size > 0) await Promise.allSettled([...this.#ending.values()])
     this.#state = 'ended'
   }
 
@@ -493,14 +494,11 @@ export class PoolManager {
     if (entry.state !== 'open') return
     entry.state = 'ending'
     this.#entries.delete(entry.datasource)
-    this.#endingEntries.add(entry)
     failQueued(entry.pool, reason)
-    const ending: Promise<void> = entry.pool.end().catch(() => {}).then(() => {
+    this.#ending.set(entry, entry.pool.end().catch(() => {}).then(() => {
       entry.state = 'ended'
-      this.#endingEntries.delete(entry)
-      this.#ending.delete(ending)
-    })
-    this.#ending.add(ending)
+      this.#ending.delete(entry)
+    }))
   }
 
   #startSweeper (): NodeJS.Timeout {
