@@ -36,11 +36,20 @@ export interface TenancyOptions {
   /**
    * At most this many connections open at once over all datasources (the
    * server's real limit): a checkout that needs one more closes an idle
-   * connection of the least recently used datasource, or waits its turn in a
+   * connection (a datasource's second one first, the least recently used
+   * first), or waits its turn in a
    * queue served one datasource after the other; `pool.max` still caps each
    * datasource. Defaults to no budget (only `maxPools × pool.max`).
    */
   maxConnections?: number
+  /**
+   * Under `maxConnections`, when every connection is open: how long a
+   * checkout whose datasource has connections, all checked out, waits for
+   * one of them before an idle connection of another datasource is closed
+   * to open one more. Defaults to the running mean of the budget's connect
+   * times.
+   */
+  growAfterMillis?: number
   /** A pool with no client checked out for this long is closed. Defaults to `60000`. */
   poolIdleTimeoutMillis?: number
   /**
@@ -204,7 +213,7 @@ export class Tenancy implements ContextOwner {
     if (options.doctor !== undefined && options.doctor !== 'warn' && options.doctor !== 'throw' && options.doctor !== false) {
       throw new InvalidOptionsError(`doctor must be "warn", "throw" or false, not ${JSON.stringify(options.doctor)}`)
     }
-    this.#pools = new PoolManager(options.datasources, { maxPools: options.maxPools, maxConnections: options.maxConnections, poolIdleTimeoutMillis: options.poolIdleTimeoutMillis, pool: options.pool })
+    this.#pools = new PoolManager(options.datasources, { maxPools: options.maxPools, maxConnections: options.maxConnections, growAfterMillis: options.growAfterMillis, poolIdleTimeoutMillis: options.poolIdleTimeoutMillis, pool: options.pool })
     if (options.settings !== undefined && typeof options.settings !== 'function') throw new InvalidOptionsError('settings must be a function of the context that returns the session settings')
     for (const flag of ['strict', 'rls', 'watchTables'] as const) {
       if (options[flag] !== undefined && typeof options[flag] !== 'boolean') throw new InvalidOptionsError(`${flag} must be true or false`)

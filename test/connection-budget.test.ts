@@ -1,6 +1,8 @@
 // The connection budget (maxConnections) over several databases: the server
 // never sees more of our connections than the budget, an idle connection of
-// the least recently used datasource makes room for another, a saturated
+// the least recently used datasource makes room for another (a second one of
+// a datasource before a last one), a datasource with connections waits for
+// its own before closing another's (growAfterMillis), a saturated
 // datasource cannot starve a quiet one, and waiters fail with 503 (never hang)
 // when nothing frees up. Connections are counted by the server itself
 // (pg_stat_activity, by application_name), not by the code under test.
@@ -82,6 +84,26 @@ t.test('an idle connection of the least recently used datasource makes room', as
   t.equal(pools.counts().budget!.evictions, 1)
 })
 
+t.test('a datasource\'s second idle connection is closed before another datasource\'s last one, however recently used', async (t) => {
+  const { app, datasources } = tagged()
+  const pools = new PoolManager(datasources, { maxConnections: 3, pool: { max: 2 } })
+  t.teardown(() => pools.close())
+  const onB = await pools.acquire('b')
+  const bPid = (await onB.client.query('select pg_backend_pid() as pid')).rows[0].pid
+  pools.release(onB)
+  // a is used after b, with two connections at once.
+  const onA = [await pools.acquire('a'), await pools.acquire('a')]
+  for (const lease of onA) pools.release(lease)
+  t.equal(await serverCount(app), 3, 'a holds two idle connections, b one')
+  const [row] = await run(pools, 'c', 'select current_database() as db')
+  t.equal(row.db, new URL(urls.c!).pathname.slice(1), 'c got a connection')
+  const open = Object.fromEntries(pools.status().map((s) => [s.datasource, s.open]))
+  t.same({ a: open.a, b: open.b, c: open.c }, { a: 1, b: 1, c: 1 }, 'a gave up its second connection; b, used less recently, kept its only one')
+  const [again] = await run(pools, 'b', 'select pg_backend_pid() as pid')
+  t.equal(again.pid, bPid, 'b\'s next checkout needs no connect')
+  t.equal(pools.counts().budget!.evictions, 1)
+})
+
 t.test('while a datasource waits for room, one behind it reuses its own idle connection instead of losing it', async (t) => {
   const { app, datasources } = tagged()
   const pools = new PoolManager(datasources, { maxConnections: 2, pool: { max: 1 } })
@@ -104,6 +126,85 @@ t.test('while a datasource waits for room, one behind it reuses its own idle con
   t.equal(await serverCount(app), 2, 'the server never saw more than the budget')
   pools.release(again)
   pools.release(onC)
+})
+
+t.test('growAfterMillis is validated at start-up; counts() gives it, or the measured connect time', async (t) => {
+  for (const bad of [-1, 1.5, '5', null]) {
+    t.throws(() => new PoolManager(urls, { maxConnections: 2, growAfterMillis: bad as number }), { code: 'TENANCY_INVALID_OPTIONS', message: /growAfterMillis must be a whole number of milliseconds/ }, JSON.stringify(bad))
+  }
+  const given = new PoolManager(urls, { maxConnections: 2, growAfterMillis: 250 })
+  t.teardown(() => given.close())
+  t.equal(given.counts().budget!.growAfterMillis, 250)
+  const measured = new PoolManager(urls, { maxConnections: 2 })
+  t.teardown(() => measured.close())
+  t.equal(measured.counts().budget!.growAfterMillis, 0, 'nothing measured yet: no waiting for one\'s own')
+  await run(measured, 'a', 'select 1')
+  await new Promise(setImmediate)
+  t.ok(measured.counts().budget!.growAfterMillis > 0, `after one connect: ${measured.counts().budget!.growAfterMillis} ms`)
+})
+
+t.test('with every connection open, a datasource that has connections waits for its own instead of closing another\'s idle one', async (t) => {
+  const { app, datasources } = tagged()
+  const pools = new PoolManager(datasources, { maxConnections: 2, growAfterMillis: 60_000, pool: { max: 2, connectionTimeoutMillis: 5000 } })
+  t.teardown(() => pools.close())
+  const pid = (lease: Lease): number => (lease.client as unknown as { processID: number }).processID
+  const onA = await pools.acquire('a')
+  const onB = await pools.acquire('b')
+  const bPid = pid(onB)
+  pools.release(onB)
+  const secondOnA = pools.acquire('a')
+  await new Promise(setImmediate)
+  t.equal(pools.counts().budget!.waiting, 1, 'a\'s second checkout waits')
+  t.equal(pools.counts().budget!.evictions, 0, 'b\'s idle connection was not closed for it')
+  // A datasource with no connection of its own does not wait: b's idle one is closed for c.
+  const [row] = await run(pools, 'c', 'select current_database() as db')
+  t.equal(row.db, new URL(urls.c!).pathname.slice(1), 'c got a connection at once')
+  t.equal(pools.counts().budget!.evictions, 1, 'by closing b\'s idle connection')
+  const aPid = pid(onA)
+  pools.release(onA)
+  const again = await secondOnA
+  t.equal(pid(again), aPid, 'a\'s waiter got a\'s own connection back')
+  t.equal(pools.counts().budget!.evictions, 1, 'and nothing more was closed')
+  t.ok(await serverCount(app) <= 2, 'the server never saw more than the budget')
+  pools.release(again)
+  const [onB2] = await run(pools, 'b', 'select pg_backend_pid() as pid')
+  t.not(onB2.pid, bPid, 'b reconnects: its old connection is gone')
+})
+
+t.test('a datasource that waits for its own connections takes room that nobody else wants', async (t) => {
+  const { app, datasources } = tagged()
+  const pools = new PoolManager(datasources, { maxConnections: 2, growAfterMillis: 60_000, pool: { max: 2, connectionTimeoutMillis: 5000 } })
+  t.teardown(() => pools.close())
+  const onA = await pools.acquire('a')
+  const onB = await pools.acquire('b')
+  const second = pools.acquire('a')
+  await new Promise(setImmediate)
+  t.equal(pools.counts().budget!.waiting, 1, 'a\'s second checkout waits: nothing is idle, nothing is free')
+  // b's connection closes: room, and no datasource without connections wants it.
+  pools.release(onB, true)
+  const lease = await second
+  t.equal((await lease.client.query('select current_database() as db')).rows[0].db, new URL(urls.a!).pathname.slice(1), 'a got a second connection while its first was held')
+  t.equal(pools.counts().budget!.evictions, 0, 'nothing was closed for it')
+  t.ok(await serverCount(app) <= 2, 'the server never saw more than the budget')
+  pools.release(lease)
+  pools.release(onA)
+})
+
+t.test('growAfterMillis 0 closes another datasource\'s idle connection at once; a waiter past growAfterMillis gets one too', async (t) => {
+  for (const growAfterMillis of [0, 30]) {
+    const { app, datasources } = tagged()
+    const pools = new PoolManager(datasources, { maxConnections: 2, growAfterMillis, pool: { max: 2, connectionTimeoutMillis: 30_000 } })
+    const onA = await pools.acquire('a')
+    pools.release(await pools.acquire('b'))
+    // a's first connection stays checked out: only growing serves the second.
+    const second = await pools.acquire('a')
+    t.equal((await second.client.query('select current_database() as db')).rows[0].db, new URL(urls.a!).pathname.slice(1), `growAfterMillis ${growAfterMillis}: a's second checkout was served while its first was held`)
+    t.equal(pools.counts().budget!.evictions, 1, 'by closing b\'s idle connection')
+    t.equal(await serverCount(app), 2, 'the server sees two connections, both a\'s')
+    pools.release(second)
+    pools.release(onA)
+    await pools.close()
+  }
 })
 
 t.test('a saturated datasource does not starve a quiet one: the waiters are served one datasource after the other', async (t) => {

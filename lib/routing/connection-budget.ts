@@ -26,13 +26,19 @@ function size (pool: pg.Pool): number {
  */
 const REUSES_WHILE_BLOCKED = 8
 
+/**
+ * Weight of the newest connect in the budget's running mean of connect
+ * times: about the last ten connects count.
+ */
+const CONNECT_WEIGHT = 0.1
+
 /** What the budget needs of a datasource's pool. */
 export interface BudgetedPool {
   readonly datasource: string
   readonly pool: pg.Pool
   /** The pool's own cap (`max`): a checkout beyond it waits inside pg-pool, and opens nothing. */
   readonly max: number
-  /** Order of last use, larger is more recent: the idle connections of the least recently used pool are closed first. */
+  /** Order of last use, larger is more recent: among pools alike, the idle connections of the least recently used are closed first. */
   readonly useOrder: number
 }
 
@@ -48,6 +54,8 @@ interface Waiter {
   readonly wants: (() => boolean) | undefined
   /** Later waiters of its datasource served before it because they wanted an idle connection's session. */
   overtaken: number
+  /** When it began to wait (performance.now()): how long it has waited for its own pool's connections. */
+  readonly since: number
   readonly resolve: (client: Promise<pg.PoolClient>) => void
   readonly reject: (err: Error) => void
   timer: NodeJS.Timeout | undefined
@@ -65,15 +73,41 @@ export interface BudgetCounts {
   closing: number
   /** Idle connections closed to make room, since start. */
   evictions: number
+  /**
+   * How long (ms) a checkout whose pool has connections, all checked out,
+   * waits for one of them before an idle connection of another datasource
+   * is closed for it: `growAfterMillis`, or the running mean of this
+   * budget's connects.
+   */
+  growAfterMillis: number
+}
+
+/** Options of {@link ConnectionBudget}. */
+export interface ConnectionBudgetOptions {
+  /**
+   * When every connection of the budget is open, a checkout whose own pool
+   * already has connections, all checked out, waits this long for one of
+   * them before an idle connection of another datasource is closed to open
+   * one more for it. A checkout whose pool has none gets room at once. Waiting
+   * for one's own connection costs a statement's time; closing another's
+   * costs a connect now and likely another when that datasource returns.
+   * Defaults to the running mean of the time this budget's connects took
+   * (`0` until one is measured): waiting as long as a connect costs is never
+   * worse than twice the better choice, whichever it turns out to be.
+   */
+  growAfterMillis?: number
 }
 
 /**
  * One limit on the connections of every datasource together: the server's
  * real limit (`max_connections` less what others use), where each pool's own
  * `max` only caps that datasource. A checkout that needs a new connection when
- * the budget is spent closes an idle connection of the datasource used least
- * recently, or waits. Waiters queue per datasource and are served in turn,
- * one datasource after the other, so a busy datasource cannot starve a quiet
+ * the budget is spent closes an idle connection (a datasource's second one
+ * first, the least recently used first), or waits; one whose own pool has
+ * connections (all checked out) first waits for one of them, up to
+ * `growAfterMillis`, because a connection given back costs less than a
+ * connect. Waiters queue per datasource and are served in turn, one
+ * datasource after the other, so a busy datasource cannot starve a quiet
  * one; a newcomer never takes the room a waiter is owed. A waiter that gets
  * no room within `connectionTimeoutMillis` fails with 503
  * `TENANCY_DATASOURCE_UNAVAILABLE`.
@@ -95,16 +129,32 @@ export class ConnectionBudget {
   #evictions = 0
   // Checkouts served from their own pool's idle connection while a waiter ahead of them waited for the budget.
   #reuses = 0
+  readonly #growAfter: number | undefined
+  // Running mean of the connects this budget opened (ms), undefined until the first.
+  #connectMillis: number | undefined
+  // One timer for the waiters that wait for their own pool: it wakes pump() when the first of them may grow.
+  #wake: NodeJS.Timeout | undefined
+  #wakeAt = Infinity
 
   /**
    * `pools` lists, whenever the budget needs to count or pick one, the pools
    * whose connections count: the open ones, and those being ended while some
    * of their connections are still checked out.
    */
-  constructor (max: number, pools: () => Iterable<BudgetedPool>) {
+  constructor (max: number, pools: () => Iterable<BudgetedPool>, options: ConnectionBudgetOptions = {}) {
     if (!Number.isSafeInteger(max) || max < 1) throw new InvalidOptionsError(`maxConnections must be a positive integer, not ${JSON.stringify(max)}`)
+    const { growAfterMillis } = options
+    if (growAfterMillis !== undefined && !(Number.isSafeInteger(growAfterMillis) && growAfterMillis >= 0)) {
+      throw new InvalidOptionsError(`growAfterMillis must be a whole number of milliseconds, 0 or more, not ${JSON.stringify(growAfterMillis)}`)
+    }
     this.#max = max
     this.#pools = pools
+    this.#growAfter = growAfterMillis
+  }
+
+  /** How long a checkout whose pool has connections waits for one of them before another datasource's idle one is closed. */
+  get growAfterMillis (): number {
+    return this.#growAfter ?? this.#connectMillis ?? 0
   }
 
   /** Checkouts waiting for room. */
@@ -124,9 +174,12 @@ export class ConnectionBudget {
    * pg-pool's queue.
    */
   async connect (entry: BudgetedPool, label: string, timeoutMillis: number, open: () => Promise<pg.PoolClient> = async () => await entry.pool.connect(), wants?: () => boolean): Promise<pg.PoolClient> {
-    if (this.#waiting === 0 && this.#servable(entry)) return await open()
+    if (this.#waiting === 0) {
+      if (spare(entry.pool) > 0) return await open()
+      if (size(entry.pool) < entry.max && this.#open() < this.#max) return await this.#timed(open)
+    }
     return await new Promise<Promise<pg.PoolClient>>((resolve, reject) => {
-      const waiter: Waiter = { entry, label, open, wants, overtaken: 0, resolve, reject, timer: undefined }
+      const waiter: Waiter = { entry, label, open, wants, overtaken: 0, since: performance.now(), resolve, reject, timer: undefined }
       if (timeoutMillis > 0) {
         waiter.timer = setTimeout(() => {
           // Never false: every other way out of the queue clears this timer first. Kept so
@@ -149,9 +202,10 @@ export class ConnectionBudget {
 
   /**
    * Serves the waiters, one datasource after the other. A datasource whose
-   * pool is at its own `max` waits for its own connections and lets the next
+   * pool is at its own `max`, or has connections and has waited less than
+   * {@link growAfterMillis}, waits for its own connections and lets the next
    * one go first; the first one that waits only for the budget stops the
-   * round: an idle connection of the least recently used datasource is closed
+   * round: an idle connection is closed (see {@link #evictOne})
    * for it, and those behind it may take only their own pools' idle
    * connections, {@link REUSES_WHILE_BLOCKED} times in all, until it is served
    * (else a busy datasource would take every connection it frees, and starve
@@ -161,6 +215,8 @@ export class ConnectionBudget {
   pump (): void {
     round: while (this.#waiting > 0) {
       let blocked = false
+      // The first datasource that waits for its own connections and could open one: it gets room nobody else wants.
+      let patient: Waiter[] | undefined
       for (const queue of this.#queues.values()) {
         const waiter = queue[0]!
         const pool = waiter.entry.pool
@@ -170,13 +226,21 @@ export class ConnectionBudget {
             this.#serve(queue, chooseWaiter(queue, wantsIdle, passes))
             continue round
           }
-          if (size(pool) < waiter.entry.max && this.#open() < this.#max) {
+          if (size(pool) >= waiter.entry.max) continue
+          // Its pool has connections: one given back soon costs less than a connect, and room
+          // just made by closing an idle connection is owed to a datasource that has none.
+          const waits = size(pool) > 0 && this.#waitsForOwn(waiter)
+          if (this.#open() < this.#max) {
+            if (waits) {
+              patient ??= queue
+              continue
+            }
             // Nobody ahead of it waits for the budget: a waiter that did has been served.
             this.#reuses = 0
-            this.#serve(queue, 0)
+            this.#serve(queue, 0, true)
             continue round
           }
-          blocked = size(pool) < waiter.entry.max
+          if (!waits) blocked = true
           continue
         }
         if (spare(pool) > 0 && this.#reuses < REUSES_WHILE_BLOCKED) {
@@ -185,20 +249,61 @@ export class ConnectionBudget {
           continue round
         }
       }
+      // With room, nobody was blocked.
+      if (patient !== undefined) {
+        this.#reuses = 0
+        this.#serve(patient, 0, true)
+        continue
+      }
       if (blocked && this.#closing === 0) this.#evictOne()
       return
     }
   }
 
-  #serve (queue: Waiter[], index: number): void {
+  #serve (queue: Waiter[], index: number, connects = false): void {
     const waiter = queue[index]!
     this.#take(waiter, index)
     // pg-pool counts a new client at once, so the next round sees it.
-    waiter.resolve(waiter.open())
+    waiter.resolve(connects ? this.#timed(waiter.open) : waiter.open())
+  }
+
+  /** `open()`, which makes a new connection: its time goes into the running mean. */
+  #timed (open: () => Promise<pg.PoolClient>): Promise<pg.PoolClient> {
+    const started = performance.now()
+    const opening = open()
+    opening.then(() => {
+      const took = performance.now() - started
+      this.#connectMillis = this.#connectMillis === undefined ? took : this.#connectMillis + CONNECT_WEIGHT * (took - this.#connectMillis)
+    }, () => {})
+    return opening
+  }
+
+  /**
+   * Whether the waiter should wait for its own pool's connections still
+   * (it has waited less than {@link growAfterMillis}); if so, pump() is woken
+   * when it has waited long enough.
+   */
+  #waitsForOwn (waiter: Waiter): boolean {
+    const at = waiter.since + this.growAfterMillis
+    const now = performance.now()
+    if (at <= now) return false
+    if (at < this.#wakeAt) {
+      if (this.#wake !== undefined) clearTimeout(this.#wake)
+      this.#wakeAt = at
+      this.#wake = setTimeout(() => {
+        this.#wake = undefined
+        this.#wakeAt = Infinity
+        this.pump()
+      }, Math.ceil(at - now))
+    }
+    return true
   }
 
   /** Fails every waiter (the manager is closing). */
   rejectAll (err: () => Error): void {
+    if (this.#wake !== undefined) clearTimeout(this.#wake)
+    this.#wake = undefined
+    this.#wakeAt = Infinity
     for (const queue of this.#queues.values()) {
       for (const waiter of queue.splice(0)) {
         if (waiter.timer) clearTimeout(waiter.timer)
@@ -223,12 +328,7 @@ export class ConnectionBudget {
 
   /** The counters, in the manner of pg-pool's. */
   counts (): BudgetCounts {
-    return { max: this.#max, open: this.#open(), waiting: this.#waiting, closing: this.#closing, evictions: this.#evictions }
-  }
-
-  /** The pool can hand out a connection now: an idle one, or a new one within its max and the budget. */
-  #servable (entry: BudgetedPool): boolean {
-    return spare(entry.pool) > 0 || (size(entry.pool) < entry.max && this.#open() < this.#max)
+    return { max: this.#max, open: this.#open(), waiting: this.#waiting, closing: this.#closing, evictions: this.#evictions, growAfterMillis: this.growAfterMillis }
   }
 
   #open (): number {
@@ -258,17 +358,26 @@ export class ConnectionBudget {
   }
 
   /**
-   * Closes one idle connection of the least recently used pool: checked
-   * out (pg-pool hands over an idle one at once) and given back destroyed, the
-   * only way pg-pool's public interface closes one connection. False when no
-   * pool has one idle.
+   * Closes one idle connection: of the least recently used pool that has
+   * another connection open, else of the least recently used pool. A pool's
+   * second connection only lets its datasource run more at once, while its
+   * last one saves a connect on each of its next checkouts (and a datasource
+   * that has one waits for it before growing, see {@link growAfterMillis}).
+   * The connection is checked out (pg-pool hands over an idle one at once) and
+   * given back destroyed, the only way pg-pool's public interface closes one.
+   * False when no pool has one idle.
    */
   #evictOne (): boolean {
     let victim: BudgetedPool | undefined
+    let victimKeeps = false
     // A pool with an idle connection has nobody waiting (pump served them first).
     for (const entry of this.#pools()) {
       if (spare(entry.pool) <= 0) continue
-      if (victim === undefined || entry.useOrder < victim.useOrder) victim = entry
+      const keeps = size(entry.pool) > 1
+      if (victim === undefined || (keeps && !victimKeeps) || (keeps === victimKeeps && entry.useOrder < victim.useOrder)) {
+        victim = entry
+        victimKeeps = keeps
+      }
     }
     if (victim === undefined) return false
     this.#closing++

@@ -1,7 +1,7 @@
 import pg from 'pg'
 import { ClosedError, InvalidOptionsError, DatasourceUnavailableError, SessionError, quote } from '../errors.js'
 import { SessionState, type SessionTarget } from './session-state.js'
-import { ConnectionBudget, type BudgetCounts } from './connection-budget.js'
+import { ConnectionBudget, type BudgetCounts, type ConnectionBudgetOptions } from './connection-budget.js'
 import { connectWithAffinity, failQueued, idleHolds, releaseWithAffinity } from './session-affinity.js'
 
 const SERVER_DEFAULTS: SessionTarget = Object.freeze({ schema: null, role: null, settings: Object.freeze({}) })
@@ -41,11 +41,20 @@ export interface PoolManagerOptions {
    * At most this many connections open at once over every datasource (the
    * server's `max_connections` less what other clients need); each pool's
    * `max` still caps its own datasource. A checkout that needs a connection
-   * when all are open closes an idle connection of the least recently used
-   * datasource, or waits its turn (see {@link ConnectionBudget}). Defaults to
+   * when all are open closes an idle connection (a datasource's second one
+   * first, the least recently used first), or waits its turn (see
+   * {@link ConnectionBudget}). Defaults to
    * no budget: only `maxPools × pool.max` bounds the connections.
    */
   maxConnections?: number
+  /**
+   * Under `maxConnections`, when every connection is open: how long a
+   * checkout whose datasource has connections, all checked out, waits for
+   * one of them before an idle connection of another datasource is closed
+   * to open one more (see {@link ConnectionBudgetOptions}). Defaults to the
+   * running mean of the budget's connect times.
+   */
+  growAfterMillis?: number
   /** A pool with no client checked out for this long is closed. Defaults to `60000`. */
   poolIdleTimeoutMillis?: number
   /** Settings for every datasource's pool. Defaults to {@link DEFAULT_POOL_SETTINGS}. */
@@ -173,7 +182,7 @@ export class PoolManager {
   constructor (datasources: Record<string, DatasourceConfig>, options: PoolManagerOptions = {}) {
     if (datasources === null || typeof datasources !== 'object') throw new InvalidOptionsError('datasources must be an object of connection strings or pg PoolConfigs')
     if (options === null || typeof options !== 'object') throw new InvalidOptionsError('the pool options must be an object')
-    const { maxConnections, poolIdleTimeoutMillis = 60000, pool = {} } = options
+    const { maxConnections, growAfterMillis, poolIdleTimeoutMillis = 60000, pool = {} } = options
     // With a budget, an open pool without connections costs nothing: only the connections are limited.
     const maxPools = options.maxPools ?? (maxConnections === undefined ? 10 : Number.MAX_SAFE_INTEGER)
     if (!positiveInteger(maxPools)) throw new InvalidOptionsError(`maxPools must be a positive integer, not ${JSON.stringify(maxPools)}`)
@@ -182,7 +191,7 @@ export class PoolManager {
     checkSettings(pool as Record<string, unknown>, 'pool')
     this.#maxPools = maxPools
     this.#budget = maxConnections === undefined ? undefined : new ConnectionBudget(maxConnections,
-      () => this.#ending.size === 0 ? this.#entries.values() : [...this.#entries.values(), ...this.#ending.keys()])
+      () => this.#ending.size === 0 ? this.#entries.values() : [...this.#entries.values(), ...this.#ending.keys()], { growAfterMillis })
     this.#poolIdleTimeoutMillis = poolIdleTimeoutMillis
     const defaults = { ...DEFAULT_POOL_SETTINGS, ...defined(pool) }
     this.#defaults = defaults
