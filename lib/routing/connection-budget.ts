@@ -217,6 +217,8 @@ export class ConnectionBudget {
       let blocked = false
       // The first datasource that waits for its own connections and could open one: it gets room nobody else wants.
       let patient: Waiter[] | undefined
+      // Counting walks every pool; nothing opens or closes within one pass (a serve starts the next).
+      let open: number | undefined
       for (const queue of this.#queues.values()) {
         const waiter = queue[0]!
         const pool = waiter.entry.pool
@@ -230,7 +232,8 @@ export class ConnectionBudget {
           // Its pool has connections: one given back soon costs less than a connect, and room
           // just made by closing an idle connection is owed to a datasource that has none.
           const waits = size(pool) > 0 && this.#waitsForOwn(waiter)
-          if (this.#open() < this.#max) {
+          open ??= this.#open()
+          if (open < this.#max) {
             if (waits) {
               patient ??= queue
               continue
