@@ -9,7 +9,7 @@ import path from 'node:path'
 import { rm } from 'node:fs/promises'
 import pg from 'pg'
 import { Kysely, PostgresDialect, sql, type Compilable } from 'kysely'
-import { createTenancy, rowLevelSecurityStatements, InstanceFilterPlugin, DEFAULT_POOL_SETTINGS, type Tenancy } from '../lib/index.js'
+import { createTenancy, rowLevelSecurityStatements, InstanceFilterPlugin, DEFAULT_POOL_SETTINGS, PoolManager, RoutingPool, type Tenancy } from '../lib/index.js'
 import { pathToFileURL } from 'node:url'
 import type { EmbeddedServer } from '../scripts/embedded-postgres.js'
 import { courseStudentTables } from './bench-database.js'
@@ -71,6 +71,9 @@ const handPrepared = new Kysely<DB>({
   }),
 })
 const filtered = hand.withPlugin(new InstanceFilterPlugin({ tables }))
+// The hand-written queries on a routing pool of their own (no filter): what the
+// routing pool costs on this mix, apart from the filter.
+const routedHand = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new RoutingPool(new PoolManager({ default: url }, { pool: { max: CONCURRENCY } })) }) })
 // Both sides run as the application role; the policies are bypassed by the
 // table owner only without FORCE, so hand-written and plugin runs see RLS cost too
 // unless the session setting says unscoped: they run as the superuser instead.
@@ -155,17 +158,23 @@ async function qps (set: ReturnType<typeof queries>, tenancy: Tenancy = plainTen
 const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
 const rlsSet = queries(rls, false)
-const variants = { hand: handSet, handSettings: queries(handSettings, true), handPrepared: queries(handPrepared, true), plugin: pluginSet, tenancy: tenancySet, tenancyPrepared: queries(tenancyPreparedDb, false), rls: rlsSet, rlsPrepared: queries(rlsPrepared, false) }
-const samples: Record<keyof typeof variants, Throughput[]> = { hand: [], handSettings: [], handPrepared: [], plugin: [], tenancy: [], tenancyPrepared: [], rls: [], rlsPrepared: [] }
+const variants = { hand: handSet, routedHand: queries(routedHand, true), routedPlugin: queries(routedHand.withPlugin(new InstanceFilterPlugin({ tables })), false), handSettings: queries(handSettings, true), handPrepared: queries(handPrepared, true), plugin: pluginSet, tenancy: tenancySet, tenancyPrepared: queries(tenancyPreparedDb, false), rls: rlsSet, rlsPrepared: queries(rlsPrepared, false) }
+const samples: Record<keyof typeof variants, Throughput[]> = { hand: [], routedHand: [], routedPlugin: [], handSettings: [], handPrepared: [], plugin: [], tenancy: [], tenancyPrepared: [], rls: [], rlsPrepared: [] }
 const tenancyOf = (name: keyof typeof variants): Tenancy => name === 'rls' ? rlsTenancy : name === 'rlsPrepared' ? rlsPreparedTenancy : name === 'tenancyPrepared' ? preparedTenancy : plainTenancy
 for (const name of Object.keys(variants) as Array<keyof typeof variants>) await qps(variants[name], tenancyOf(name)) // warm-up
+// The order is shuffled each round (seeded, printed): a rotation keeps every
+// variant behind the same neighbour, and runs showed a variant's client CPU
+// moving by 15 µs per query with the variant before it.
+const SEED = Number(process.env.BENCH_SEED ?? Date.now() % 100_000)
+let state = SEED
+const random = (): number => { state = (state * 1103515245 + 12345) % 2147483648; return state / 2147483648 }
 for (let round = 0; round < ROUNDS; round++) {
-  // The order rotates so that no variant always runs first or last.
   const names = Object.keys(variants) as Array<keyof typeof variants>
-  for (let k = 0; k < names.length; k++) {
-    const name = names[(round + k) % names.length]!
-    samples[name].push(await qps(variants[name], tenancyOf(name)))
+  for (let i = names.length - 1; i > 0; i--) {
+    const j = Math.floor(random() * (i + 1))
+    ;[names[i], names[j]] = [names[j]!, names[i]!]
   }
+  for (const name of names) samples[name].push(await qps(variants[name], tenancyOf(name)))
 }
 const e2e = Object.fromEntries(Object.entries(samples).map(([name, runs]) => [name, {
   qps: median(runs.map((run) => run.qps)),
@@ -179,12 +188,14 @@ console.log(`  hand-written where iid =  ${compile.hand.toFixed(0)} ms  (${(comp
 console.log(`  plugin                    ${compile.plugin.toFixed(0)} ms  (${(compile.plugin * 1000 / statements).toFixed(2)} µs/statement)`)
 console.log(`  ratio plugin / hand       ${(compile.plugin / compile.hand).toFixed(2)}×  (target ≤ 1.30×)`)
 console.log(`  tenancy.kysely()          ${compile.tenancy.toFixed(0)} ms  (${(compile.tenancy * 1000 / statements).toFixed(2)} µs/statement, ${(compile.tenancy / compile.hand).toFixed(2)}× hand)`)
-console.log(`end to end: ${CONCURRENCY} concurrent callers, ${E2E_SECONDS} s × ${ROUNDS} rotated rounds each, same mix; medians`)
+console.log(`end to end: ${CONCURRENCY} concurrent callers, ${E2E_SECONDS} s × ${ROUNDS} rounds each in a shuffled order (BENCH_SEED=${SEED}), same mix; medians`)
 const line = (label: string, run: Throughput, note: string): void => {
   console.log(`  ${label.padEnd(28)}${run.qps.toFixed(0).padStart(6)} q/s ${run.cpu.toFixed(1).padStart(6)} µs client CPU/query${note}`)
 }
 line('hand-written', e2e.hand, '')
 line('plugin', e2e.plugin, `  (${(e2e.plugin.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s, target ≥ 97%; CPU +${(e2e.plugin.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
+line('hand, routing pool', e2e.routedHand, `  (${(e2e.routedHand.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s; CPU +${(e2e.routedHand.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
+line('plugin, routing pool', e2e.routedPlugin, `  (${(e2e.routedPlugin.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s; CPU +${(e2e.routedPlugin.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
 line('tenancy.kysely()', e2e.tenancy, `  (${(e2e.tenancy.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s; CPU +${(e2e.tenancy.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
 line('hand, tenancy pool settings', e2e.handSettings, `  (${(e2e.handSettings.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s; CPU +${(e2e.handSettings.cpu - e2e.hand.cpu).toFixed(1)} µs; ` +
   `tenancy.kysely() is ${(e2e.tenancy.qps / e2e.handSettings.qps * 100).toFixed(1)}% of it)`)
@@ -196,6 +207,7 @@ line('+ rls, preparedStatements', e2e.rlsPrepared, `  (${(e2e.rlsPrepared.qps / 
   `${(e2e.rlsPrepared.qps / e2e.handPrepared.qps * 100).toFixed(1)}% of hand-written prepared; CPU +${(e2e.rlsPrepared.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
 
 await hand.destroy()
+await routedHand.destroy()
 await handSettings.destroy()
 await rlsTenancy.close()
 await rlsPreparedTenancy.close()
