@@ -6,6 +6,7 @@
 // starts an embedded PostgreSQL.
 //   npm run bench:rewrite
 import path from 'node:path'
+import { PerformanceObserver } from 'node:perf_hooks'
 import { rm } from 'node:fs/promises'
 import pg from 'pg'
 import { Kysely, PostgresDialect, sql, type Compilable } from 'kysely'
@@ -46,15 +47,19 @@ appUrl.username = 'bench_app'
 appUrl.password = 'bench'
 
 const tables = { student: 'must', course: 'must' } as const
-const hand = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: CONCURRENCY }) }) })
+// Every pool keeps its connections between its samples: with pg's default
+// idle timeout (10 s) a variant's connections closed while the others ran,
+// and a sample began with 8 connects, or not, as the shuffled order fell.
+const IDLE = { idleTimeoutMillis: 600_000 }
+const hand = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: CONCURRENCY, ...IDLE }) }) })
 // The same queries on a pg pool with the settings the tenancy gives its own
 // pools (a checkout timeout, which pg-pool arms and clears on every checkout,
 // and allowExitOnIdle): how much of tenancy.kysely()'s cost is the pool's settings.
-const handSettings = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ ...DEFAULT_POOL_SETTINGS, connectionString: url, max: CONCURRENCY }) }) })
+const handSettings = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ ...DEFAULT_POOL_SETTINGS, connectionString: url, max: CONCURRENCY, ...IDLE }) }) })
 // The like-for-like baseline of the prepared variant: hand-written, each text
 // with parameters sent as a named statement, as pg does when given a name.
 const handNames = new Map<string, string>()
-const handPool = new pg.Pool({ connectionString: url, max: CONCURRENCY })
+const handPool = new pg.Pool({ connectionString: url, max: CONCURRENCY, ...IDLE })
 const nameOf = (text: string): string => handNames.get(text) ?? handNames.set(text, `hand_${handNames.size + 1}`).get(text)!
 const handPrepared = new Kysely<DB>({
   dialect: new PostgresDialect({
@@ -73,20 +78,20 @@ const handPrepared = new Kysely<DB>({
 const filtered = hand.withPlugin(new InstanceFilterPlugin({ tables }))
 // The hand-written queries on a routing pool of their own (no filter): what the
 // routing pool costs on this mix, apart from the filter.
-const routedHand = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new RoutingPool(new PoolManager({ default: url }, { pool: { max: CONCURRENCY } })) }) })
+const routedHand = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new RoutingPool(new PoolManager({ default: url }, { pool: { max: CONCURRENCY, ...IDLE } })) }) })
 // Both sides run as the application role; the policies are bypassed by the
 // table owner only without FORCE, so hand-written and plugin runs see RLS cost too
 // unless the session setting says unscoped: they run as the superuser instead.
 const instances = [{ name: '', id: 1 }, { name: 'b', id: ID }]
-const rlsTenancy = await createTenancy({ instances, datasources: { default: appUrl.toString() }, tables, rls: true, pool: { max: CONCURRENCY } })
+const rlsTenancy = await createTenancy({ instances, datasources: { default: appUrl.toString() }, tables, rls: true, pool: { max: CONCURRENCY, ...IDLE } })
 const rls = rlsTenancy.kysely<DB>()
 // The same with `preparedStatements`: each text planned once per connection.
-const rlsPreparedTenancy = await createTenancy({ instances, datasources: { default: appUrl.toString() }, tables, rls: true, preparedStatements: true, pool: { max: CONCURRENCY } })
+const rlsPreparedTenancy = await createTenancy({ instances, datasources: { default: appUrl.toString() }, tables, rls: true, preparedStatements: true, pool: { max: CONCURRENCY, ...IDLE } })
 const rlsPrepared = rlsPreparedTenancy.kysely<DB>()
 // What an application uses: the tenancy's own Kysely (routing pool and filter), as the same user as hand-written.
-const plainTenancy = await createTenancy({ instances, datasources: { default: url }, tables, pool: { max: CONCURRENCY } })
+const plainTenancy = await createTenancy({ instances, datasources: { default: url }, tables, pool: { max: CONCURRENCY, ...IDLE } })
 const tenancyDb = plainTenancy.kysely<DB>()
-const preparedTenancy = await createTenancy({ instances, datasources: { default: url }, tables, preparedStatements: true, pool: { max: CONCURRENCY } })
+const preparedTenancy = await createTenancy({ instances, datasources: { default: url }, tables, preparedStatements: true, pool: { max: CONCURRENCY, ...IDLE } })
 const tenancyPreparedDb = preparedTenancy.kysely<DB>()
 
 // Writes spread over many rows, so that the run measures the queries rather
@@ -134,7 +139,12 @@ await plainTenancy.runAsInstance(ID, async () => {
   }
 })
 
-interface Throughput { qps: number, cpu: number }
+interface Throughput { qps: number, cpu: number, gc: number }
+
+// Time spent in garbage collection (ms), from V8's gc entries: the filter's
+// tree copy makes garbage, and a scavenge's cost grows with what is in flight.
+let gcMillis = 0
+new PerformanceObserver((list) => { for (const entry of list.getEntries()) gcMillis += entry.duration }).observe({ entryTypes: ['gc'] })
 
 // Queries per second, and this process's CPU time per query: on a 2-core
 // machine shared with the server the second is the steadier figure.
@@ -145,6 +155,7 @@ async function qps (set: ReturnType<typeof queries>, tenancy: Tenancy = plainTen
   const started = performance.now()
   const until = started + E2E_SECONDS * 1000
   const cpu = process.cpuUsage()
+  const gc = gcMillis
   await tenancy.runAsInstance(ID, async () => {
     await Promise.all(Array.from({ length: CONCURRENCY }, async (_, worker) => {
       let i = worker
@@ -152,14 +163,19 @@ async function qps (set: ReturnType<typeof queries>, tenancy: Tenancy = plainTen
     }))
   })
   const used = process.cpuUsage(cpu)
-  return { qps: done / ((performance.now() - started) / 1000), cpu: (used.user + used.system) / done }
+  // gc entries are delivered after the collection: let those of this sample arrive.
+  await new Promise((resolve) => setImmediate(resolve))
+  return { qps: done / ((performance.now() - started) / 1000), cpu: (used.user + used.system) / done, gc: (gcMillis - gc) * 1000 / done }
 }
 
 const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
 const rlsSet = queries(rls, false)
-const variants = { hand: handSet, routedHand: queries(routedHand, true), routedPlugin: queries(routedHand.withPlugin(new InstanceFilterPlugin({ tables })), false), handSettings: queries(handSettings, true), handPrepared: queries(handPrepared, true), plugin: pluginSet, tenancy: tenancySet, tenancyPrepared: queries(tenancyPreparedDb, false), rls: rlsSet, rlsPrepared: queries(rlsPrepared, false) }
-const samples: Record<keyof typeof variants, Throughput[]> = { hand: [], routedHand: [], routedPlugin: [], handSettings: [], handPrepared: [], plugin: [], tenancy: [], tenancyPrepared: [], rls: [], rlsPrepared: [] }
+// The hand-written queries through a plugin that changes nothing: what Kysely's
+// plugin path (a transformQuery call, an awaited transformResult) costs by itself.
+const noop = hand.withPlugin({ transformQuery: (args) => args.node, transformResult: async (args) => args.result })
+const variants = { hand: handSet, handNoop: queries(noop, true), routedHand: queries(routedHand, true), routedPlugin: queries(routedHand.withPlugin(new InstanceFilterPlugin({ tables })), false), handSettings: queries(handSettings, true), handPrepared: queries(handPrepared, true), plugin: pluginSet, tenancy: tenancySet, tenancyPrepared: queries(tenancyPreparedDb, false), rls: rlsSet, rlsPrepared: queries(rlsPrepared, false) }
+const samples: Record<keyof typeof variants, Throughput[]> = { hand: [], handNoop: [], routedHand: [], routedPlugin: [], handSettings: [], handPrepared: [], plugin: [], tenancy: [], tenancyPrepared: [], rls: [], rlsPrepared: [] }
 const tenancyOf = (name: keyof typeof variants): Tenancy => name === 'rls' ? rlsTenancy : name === 'rlsPrepared' ? rlsPreparedTenancy : name === 'tenancyPrepared' ? preparedTenancy : plainTenancy
 for (const name of Object.keys(variants) as Array<keyof typeof variants>) await qps(variants[name], tenancyOf(name)) // warm-up
 // The order is shuffled each round (seeded, printed): a rotation keeps every
@@ -179,7 +195,14 @@ for (let round = 0; round < ROUNDS; round++) {
 const e2e = Object.fromEntries(Object.entries(samples).map(([name, runs]) => [name, {
   qps: median(runs.map((run) => run.qps)),
   cpu: median(runs.map((run) => run.cpu)),
+  gc: median(runs.map((run) => run.gc)),
 }])) as Record<keyof typeof variants, Throughput>
+
+// Each round's own ratio to the hand-written line of that round, median over
+// the rounds: a slow minute on the shared machine moves both sides of a pair.
+// The hand-written queries on a pool with the tenancy's settings do the same
+// work as the baseline: their ratio shows what a run's noise alone gives.
+const paired = (name: keyof typeof variants): number => median(samples[name].map((run, round) => run.qps / samples.hand[round]!.qps)) * 100
 
 const statements = COMPILE_ROUNDS * handSet.length
 console.log(`# Rewrite benchmark — Node ${process.version}, ${process.platform}/${process.arch}, PostgreSQL ${(await admin.query('show server_version')).rows[0].server_version}`)
@@ -190,10 +213,11 @@ console.log(`  ratio plugin / hand       ${(compile.plugin / compile.hand).toFix
 console.log(`  tenancy.kysely()          ${compile.tenancy.toFixed(0)} ms  (${(compile.tenancy * 1000 / statements).toFixed(2)} µs/statement, ${(compile.tenancy / compile.hand).toFixed(2)}× hand)`)
 console.log(`end to end: ${CONCURRENCY} concurrent callers, ${E2E_SECONDS} s × ${ROUNDS} rounds each in a shuffled order (BENCH_SEED=${SEED}), same mix; medians`)
 const line = (label: string, run: Throughput, note: string): void => {
-  console.log(`  ${label.padEnd(28)}${run.qps.toFixed(0).padStart(6)} q/s ${run.cpu.toFixed(1).padStart(6)} µs client CPU/query${note}`)
+  console.log(`  ${label.padEnd(28)}${run.qps.toFixed(0).padStart(6)} q/s ${run.cpu.toFixed(1).padStart(6)} µs client CPU/query (${run.gc.toFixed(1)} in GC)${note}`)
 }
 line('hand-written', e2e.hand, '')
 line('plugin', e2e.plugin, `  (${(e2e.plugin.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s, target ≥ 97%; CPU +${(e2e.plugin.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
+line('hand, a no-op plugin', e2e.handNoop, `  (${(e2e.handNoop.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s; CPU +${(e2e.handNoop.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
 line('hand, routing pool', e2e.routedHand, `  (${(e2e.routedHand.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s; CPU +${(e2e.routedHand.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
 line('plugin, routing pool', e2e.routedPlugin, `  (${(e2e.routedPlugin.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s; CPU +${(e2e.routedPlugin.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
 line('tenancy.kysely()', e2e.tenancy, `  (${(e2e.tenancy.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s; CPU +${(e2e.tenancy.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
@@ -205,6 +229,8 @@ line('tenancy.kysely(), prepared', e2e.tenancyPrepared, `  (${(e2e.tenancyPrepar
   `${(e2e.tenancyPrepared.qps / e2e.handPrepared.qps * 100).toFixed(1)}% of hand-written prepared; CPU +${(e2e.tenancyPrepared.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
 line('+ rls, preparedStatements', e2e.rlsPrepared, `  (${(e2e.rlsPrepared.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s, target ≥ 90%; ` +
   `${(e2e.rlsPrepared.qps / e2e.handPrepared.qps * 100).toFixed(1)}% of hand-written prepared; CPU +${(e2e.rlsPrepared.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
+console.log(`  per-round ratios to hand-written, median of ${ROUNDS}: plugin ${paired('plugin').toFixed(1)}%, a no-op plugin ${paired('handNoop').toFixed(1)}%, tenancy.kysely() ${paired('tenancy').toFixed(1)}%, ` +
+  `hand on a routing pool ${paired('routedHand').toFixed(1)}%, plugin on a routing pool ${paired('routedPlugin').toFixed(1)}%; the same work on other pool settings (noise alone) ${paired('handSettings').toFixed(1)}%`)
 
 await hand.destroy()
 await routedHand.destroy()
