@@ -10,9 +10,13 @@
 // and the physical limit of each budgeted line, computed from what this run
 // measured: a read that finds no idle connection of its database opens one
 // at the rate R connections can be opened in parallel (measured here on its
-// own, right after), so with m the run's own miss rate (connections opened
-// per read) each read costs the shared pool's time per read plus m / R:
+// own, right after: connect, the same read, close, by as many jobs at once
+// as the budget lets connect, with the budget's other connections held open),
+// so with m the run's own miss rate (connections opened per read) each read
+// costs the shared pool's time per read plus m / R:
 //   limit = 1 / (1 / shared + m / R)
+// It also prints how many connects were under way at once on average
+// (Little's law: connects per second times their mean duration).
 // and the floor of the miss rate for reads that each connect on their own:
 // with one connection kept open for each of the B most read databases and
 // the others opened on demand, a fraction 1 - (the B most read databases'
@@ -65,20 +69,39 @@ async function throughput (tenancy: Tenancy, names: string[], ids: number[], dis
  * `parallel` jobs at once, over the instances' databases in turn: the rate
  * the server and this process sustain, which bounds a workload that must
  * open connections (a serial connect's latency would not: connects share the
- * cores).
+ * cores). With `read`, the first statement is the workload's own read, so a
+ * connection's cold caches (the table's and index's catalog entries, loaded
+ * by each new server process) count as they do in a miss; with `held`, that
+ * many other connections stay open meanwhile, as the budget's do.
  */
-async function connectRate (urls: string[], parallel: number, total: number): Promise<number> {
-  let next = 0
-  const start = process.hrtime.bigint()
-  await Promise.all(Array.from({ length: parallel }, async () => {
-    while (next < total) {
-      const client = new pg.Client({ connectionString: urls[next++ % urls.length] })
-      await client.connect()
-      await client.query('select 1')
-      await client.end()
-    }
+async function connectRate (urls: string[], ids: number[], parallel: number, total: number, { read = false, held = 0 } = {}): Promise<number> {
+  const kept = await Promise.all(Array.from({ length: held }, async (_, k) => {
+    const client = new pg.Client({ connectionString: urls[urls.length - 1 - (k % urls.length)] })
+    await client.connect()
+    return client
   }))
-  return total / (Number(process.hrtime.bigint() - start) / 1e9)
+  try {
+    let next = 0
+    // The budget does not wait for a close before it opens the next connection
+    // (pg-pool ends a destroyed client in the background), so neither does this;
+    // the closes still finish within the time measured.
+    const ends: Array<Promise<void>> = []
+    const start = process.hrtime.bigint()
+    await Promise.all(Array.from({ length: parallel }, async () => {
+      while (next < total) {
+        const k = next++ % urls.length
+        const client = new pg.Client({ connectionString: urls[k] })
+        await client.connect()
+        if (read) await client.query('select v from item where iid = $1 and v = $2', [ids[k], 1 + (next % 10)])
+        else await client.query('select 1')
+        ends.push(client.end())
+      }
+    }))
+    await Promise.all(ends)
+    return total / (Number(process.hrtime.bigint() - start) / 1e9)
+  } finally {
+    await Promise.all(kept.map(async (client) => await client.end()))
+  }
 }
 
 /** H(n) = 1 + 1/2 + … + 1/n: under Zipf (s = 1) over N, the n most read get H(n) / H(N) of the reads. */
@@ -104,7 +127,7 @@ async function main (): Promise<void> {
     }
 
     const databaseUrls = databases.map((name) => withDatabase(url, name))
-    await connectRate(databaseUrls, 8, 100) // warm
+    await connectRate(databaseUrls, ids, 8, 100) // warm
     console.log(`# Node.js ${process.version}, PostgreSQL ${process.env.DATABASE_URL ? 'from DATABASE_URL' : 'embedded'}, ${os.cpus().length} cores, load ${os.loadavg().map((l) => l.toFixed(2)).join(' ')}, ${new Date().toISOString()}`)
     console.log(`# N=${N} isolated instances, pools of max ${POOL_MAX}, ${OPS} reads x ${ROUNDS} rounds, concurrency ${CONCURRENCY}`)
     for (const distribution of DISTRIBUTIONS) {
@@ -112,22 +135,20 @@ async function main (): Promise<void> {
         const variants = ['shared', 'budget', 'grow0', 'pools'] as const
         const rates: Record<string, number[]> = { shared: [], budget: [], grow0: [], pools: [] }
         const misses: Record<string, number[]> = { budget: [], grow0: [], pools: [] }
+        // The budget's running mean of its connect times (its default growAfterMillis), after each run.
+        const connectMillis: number[] = []
         for (let round = 0; round < ROUNDS; round++) {
           for (let k = 0; k < variants.length; k++) {
             const variant = variants[(k + round) % variants.length]!
             const tenancy = await make(variant, budget)
             try {
               await throughput(tenancy, names, ids, distribution, 11 + round, Math.ceil(OPS / 3)) // warm: connections, JIT
-              const budgeted = variant === 'budget' || variant === 'grow0'
-              const before = budgeted ? tenancy.pools.counts().budget!.evictions : tenancy.pools.evictions
-              const openBefore = tenancy.pools.counts().open
+              const before = tenancy.pools.connects
               const rate = await throughput(tenancy, names, ids, distribution, 101 + round)
               rates[variant]!.push(rate)
               if (variant !== 'shared') {
-                const after = budgeted ? tenancy.pools.counts().budget!.evictions : tenancy.pools.evictions
-                // Budget: each eviction is one connection closed for one opened. Pools: each evicted pool held up to 2.
-                const opened = budgeted ? (after - before) + Math.max(0, tenancy.pools.counts().open - openBefore) : (after - before) * POOL_MAX
-                misses[variant]!.push(opened / OPS)
+                misses[variant]!.push((tenancy.pools.connects - before) / OPS)
+                if (variant === 'budget') connectMillis.push(tenancy.pools.counts().budget!.growAfterMillis)
               }
             } finally {
               await tenancy.close()
@@ -138,14 +159,19 @@ async function main (): Promise<void> {
         const budgeted = median(rates.budget!)
         const lru = median(rates.pools!)
         const m = median(misses.budget!)
-        const connects = await connectRate(databaseUrls, Math.min(budget, CONCURRENCY), 400)
+        const parallel = Math.min(budget, CONCURRENCY)
+        const bare = await connectRate(databaseUrls, ids, parallel, 400)
+        // A miss as the budget meets it: the read on a new server process, with the budget's other connections open.
+        const connects = await connectRate(databaseUrls, ids, parallel, 400, { read: true, held: budget - parallel })
         // Each read costs the shared pool's time per read, plus m connects at the rate the server sustains.
         const limit = 1 / (1 / shared + m / connects)
+        // Little's law: connects opened per second times their mean duration is how many were under way at once.
+        const inFlight = m * budgeted * median(connectMillis) / 1000
         const m0 = median(misses.grow0!)
         const grow0 = median(rates.grow0!)
         const top = distribution === 'zipf' ? harmonic(budget) / harmonic(N) : budget / N
         const best = 1 / (1 / shared + Math.max(0, 1 - top) / connects)
-        console.log(`${distribution.padEnd(7)} budget ${String(budget).padStart(3)}: shared pool ${shared.toFixed(0).padStart(6)} reads/s | budget ${budgeted.toFixed(0).padStart(6)} reads/s, ${(budgeted / shared).toFixed(2)}x shared, miss rate ${(m * 100).toFixed(1)} %, ${connects.toFixed(0)} connects/s, limit ${limit.toFixed(0)} reads/s, ${(budgeted / limit).toFixed(2)}x limit | grow at once ${grow0.toFixed(0).padStart(6)} reads/s, miss rate ${(m0 * 100).toFixed(1)} % | floor ${(Math.max(0, 1 - top) * 100).toFixed(1)} % misses, best ${best.toFixed(0)} reads/s = ${(best / shared).toFixed(2)}x shared | pool LRU (maxPools ${budget / POOL_MAX}) ${lru.toFixed(0).padStart(6)} reads/s, ${(lru / shared).toFixed(2)}x shared, ~${(median(misses.pools!) * 100).toFixed(1)} % of reads opened a connection`)
+        console.log(`${distribution.padEnd(7)} budget ${String(budget).padStart(3)}: shared pool ${shared.toFixed(0).padStart(6)} reads/s | budget ${budgeted.toFixed(0).padStart(6)} reads/s, ${(budgeted / shared).toFixed(2)}x shared, miss rate ${(m * 100).toFixed(1)} %, ${connects.toFixed(0)} connects/s with the read (${bare.toFixed(0)} with select 1 alone), limit ${limit.toFixed(0)} reads/s, ${(budgeted / limit).toFixed(2)}x limit, connects ${median(connectMillis).toFixed(0)} ms each, ${inFlight.toFixed(1)} under way at once (of ${parallel} measured) | grow at once ${grow0.toFixed(0).padStart(6)} reads/s, miss rate ${(m0 * 100).toFixed(1)} % | floor ${(Math.max(0, 1 - top) * 100).toFixed(1)} % misses, best ${best.toFixed(0)} reads/s = ${(best / shared).toFixed(2)}x shared | pool LRU (maxPools ${budget / POOL_MAX}) ${lru.toFixed(0).padStart(6)} reads/s, ${(lru / shared).toFixed(2)}x shared, miss rate ${(median(misses.pools!) * 100).toFixed(1)} %`)
       }
     }
   } finally {

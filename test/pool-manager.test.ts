@@ -34,6 +34,20 @@ t.test('pools open lazily, one per datasource, on the right database', async (t)
   t.same(pools.status().map((s) => [s.datasource, s.state]).sort(), [['a', 'open'], ['b', 'open']])
 })
 
+t.test('connects counts the connections opened, not the checkouts', async (t) => {
+  const pools = new PoolManager(urls)
+  t.teardown(() => pools.close())
+  t.equal(pools.connects, 0, 'none before first use')
+  for (const name of ['a', 'a', 'b'] as const) pools.release(await pools.acquire(name))
+  t.equal(pools.connects, 2, 'an idle connection handed out again is no connect')
+  pools.release(await pools.acquire('a'), true)
+  t.equal(pools.connects, 2, 'destroying one opens nothing')
+  pools.release(await pools.acquire('a'))
+  t.equal(pools.connects, 3, 'the next checkout opens a connection again')
+  await pools.close()
+  t.equal(pools.connects, 3, 'closing keeps the count')
+})
+
 t.test('maxPools: the least recently used idle pool is closed, never one with a client checked out', async (t) => {
   const pools = new PoolManager(urls, { maxPools: 2 })
   t.teardown(() => pools.close())

@@ -178,6 +178,7 @@ export class PoolManager {
   #state: 'open' | 'ending' | 'ended' = 'open'
   #uses = 0
   #evictions = 0
+  #connects = 0
 
   constructor (datasources: Record<string, DatasourceConfig>, options: PoolManagerOptions = {}) {
     if (datasources === null || typeof datasources !== 'object') throw new InvalidOptionsError('datasources must be an object of connection strings or pg PoolConfigs')
@@ -260,6 +261,15 @@ export class PoolManager {
   /** Pools closed to make room under `maxPools`, since start. */
   get evictions (): number {
     return this.#evictions
+  }
+
+  /**
+   * Connections opened, over every pool, since start: with the reads or
+   * requests served, how often a checkout paid for a connect (the miss rate
+   * that sizes `maxConnections` and `maxPools`, see the README's Performance).
+   */
+  get connects (): number {
+    return this.#connects
   }
 
   /** `open` until {@link close} is called, then `ending`, then `ended`. */
@@ -484,7 +494,10 @@ export class PoolManager {
     pool.on('error', () => {})
     // A checked-out client that dies between queries emits 'error' on itself;
     // its next query fails and the routing pool discards it.
-    pool.on('connect', (client) => { client.on('error', () => {}) })
+    pool.on('connect', (client) => {
+      this.#connects++
+      client.on('error', () => {})
+    })
     const budget = this.#budget
     if (budget !== undefined) {
       // A client given back is idle only after pg-pool's release returns; a closed one has left the count.
