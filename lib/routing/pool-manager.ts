@@ -61,6 +61,23 @@ export interface PoolManagerOptions {
   pool?: PoolSettings
 }
 
+/**
+ * Whether `client` is known to be outside any transaction. pg settles a
+ * failed query's promise on the server's error, and reads the transaction
+ * status from the ready-for-query message after it, which may come in a later
+ * packet: until then `getTransactionStatus()` still says what it said before
+ * the query (`'I'` before `begin; select 1/0`, which leaves a failed
+ * transaction open). A client still waiting for that message (pg's
+ * `readyForQuery` false) is not known to be idle.
+ *
+ * ```ts
+ * if (!settledIdle(client)) client.release(true) // the server rolls back whatever is open
+ * ```
+ */
+export function settledIdle (client: pg.ClientBase): boolean {
+  return client.getTransactionStatus() === 'I' && (client as { readyForQuery?: unknown }).readyForQuery !== false
+}
+
 /** The pool settings used where neither the options nor the datasource say otherwise. */
 export const DEFAULT_POOL_SETTINGS: Readonly<Required<PoolSettings>> = Object.freeze({
   max: 10,
@@ -331,7 +348,7 @@ export class PoolManager {
   /**
    * Gives a client back. It is closed instead of pooled again when `destroy`
    * says its session is broken or unknown, or when a transaction is still open
-   * or failed on it (`getTransactionStatus()` is not idle): closing ends the
+   * or failed on it, or may be (see {@link settledIdle}): closing ends the
    * transaction on the server with a rollback, so it cannot run into the next
    * checkout. A lease given back twice, or by another manager, is ignored.
    */
@@ -339,7 +356,7 @@ export class PoolManager {
     const entry = this.#leases.get(lease)
     if (entry === undefined) return
     this.#leases.delete(lease)
-    const discard = destroy || lease.client.getTransactionStatus() !== 'I'
+    const discard = destroy || !settledIdle(lease.client)
     if (!discard) releaseWithAffinity(entry.pool, this.#sessionOrFresh(lease.client))
     lease.client.release(discard)
     this.#drop(entry)

@@ -3,7 +3,7 @@ import type { PostgresCursor, PostgresPoolClient, PostgresQueryResult } from 'ky
 import type { TenancyContext } from '../context.js'
 import { DatasourceUnavailableError, MismatchError, SessionError, UnsupportedStatementError, quote } from '../errors.js'
 import type { Instance } from '../instances/instance.js'
-import type { Lease } from './pool-manager.js'
+import { settledIdle, type Lease } from './pool-manager.js'
 import { changesSession, transactionControl, type SessionState, type SessionTarget } from './session-state.js'
 
 function describe (instance: Instance | undefined): string {
@@ -45,8 +45,9 @@ export type DiscardReason = 'asked' | 'lost' | 'session' | 'transaction'
  * `error` or `end` event, or a connection-class error code; the query fails
  * with 503 `TENANCY_DATASOURCE_UNAVAILABLE`), when a statement sent on it may
  * have changed the session (see `changesSession`), or when a transaction is
- * still open or failed on it (`getTransactionStatus()` is not idle, `'I'`):
- * the server then rolls the transaction back.
+ * still open or failed on it, or may be (the server's ready-for-query after a
+ * failed statement has not arrived yet: see `settledIdle`): the server then
+ * rolls the transaction back.
  */
 export class RoutedClient implements PostgresPoolClient {
   /** What this connection's session carries (the pool manager's record of it, shared with every other user of the connection). */
@@ -200,7 +201,11 @@ export class RoutedClient implements PostgresPoolClient {
     } catch (err) {
       const lost = this.#noteLoss(err)
       if (lost) throw Object.assign(new DatasourceUnavailableError(this.#label()), { cause: err })
-      if (this.#client.getTransactionStatus() !== 'I') await this.#client.query('rollback').catch(() => {})
+      // Not read from getTransactionStatus(): pg rejects on the error, before
+      // the server's ready-for-query says the text's BEGIN left the transaction
+      // failed. pg sends the rollback after that message; outside a
+      // transaction it is a warning.
+      await this.#client.query('rollback').catch(() => {})
       const reason = err instanceof Error ? err.message : String(err)
       throw Object.assign(new SessionError(`The transaction of a connection for ${describe(this.#owner)} could not be prepared (${text}): ${reason}.`), { cause: err })
     }
@@ -244,7 +249,7 @@ export class RoutedClient implements PostgresPoolClient {
     if (asked) return 'asked'
     if (this.#lost) return 'lost'
     if (!this.session.trusted) return 'session'
-    if (this.#client.getTransactionStatus() !== 'I') return 'transaction'
+    if (!settledIdle(this.#client)) return 'transaction'
     return undefined
   }
 
