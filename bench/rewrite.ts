@@ -9,7 +9,7 @@ import path from 'node:path'
 import { PerformanceObserver } from 'node:perf_hooks'
 import { rm } from 'node:fs/promises'
 import pg from 'pg'
-import { Kysely, PostgresDialect, sql, type Compilable } from 'kysely'
+import { Kysely, PostgresDialect, sql, type Compilable, type KyselyPlugin, type PluginTransformQueryArgs, type PluginTransformResultArgs, type QueryResult, type RootOperationNode, type UnknownRow } from 'kysely'
 import { createTenancy, rowLevelSecurityStatements, InstanceFilterPlugin, DEFAULT_POOL_SETTINGS, PoolManager, RoutingPool, type Tenancy } from '../lib/index.js'
 import { pathToFileURL } from 'node:url'
 import type { EmbeddedServer } from '../scripts/embedded-postgres.js'
@@ -147,7 +147,28 @@ const EXECUTE_ROUNDS = 20_000
 const answer = { command: 'SELECT', rowCount: 0, rows: [] }
 const instantClient = { query: async () => answer, release: () => {} }
 const instant = new Kysely<DB>({ dialect: new PostgresDialect({ pool: { connect: async () => instantClient, end: async () => {} } as never }) })
-const instantSets = { hand: queries(instant, true), plugin: queries(instant.withPlugin(new InstanceFilterPlugin({ tables })), false) }
+// The filter's transformQuery timed inside each query, with no server here and
+// end to end below: the same code on the same trees, so a difference between
+// the two is what running between round trips does to it. The timer's own
+// two performance.now() calls cost about 0.1 µs.
+class TimedFilter implements KyselyPlugin {
+  readonly #filter = new InstanceFilterPlugin({ tables })
+  millis = 0
+  calls = 0
+  transformQuery (args: PluginTransformQueryArgs): RootOperationNode {
+    const start = performance.now()
+    const node = this.#filter.transformQuery(args)
+    this.millis += performance.now() - start
+    this.calls++
+    return node
+  }
+
+  async transformResult (args: PluginTransformResultArgs): Promise<QueryResult<UnknownRow>> { return await this.#filter.transformResult(args) }
+  micros (): number { return this.millis * 1000 / this.calls }
+}
+const instantTimed = new TimedFilter()
+const e2eTimed = new TimedFilter()
+const instantSets = { hand: queries(instant, true), plugin: queries(instant.withPlugin(new InstanceFilterPlugin({ tables })), false), timed: queries(instant.withPlugin(instantTimed), false) }
 async function executeRun (set: ReturnType<typeof queries>): Promise<number> {
   const start = process.cpuUsage()
   let i = 0
@@ -164,6 +185,9 @@ await plainTenancy.runAsInstance(ID, async () => {
     executed.hand = Math.min(executed.hand, await executeRun(instantSets.hand))
     executed.plugin = Math.min(executed.plugin, await executeRun(instantSets.plugin))
   }
+  await executeRun(instantSets.timed) // warm-up
+  instantTimed.millis = instantTimed.calls = 0
+  for (let round = 0; round < 5; round++) await executeRun(instantSets.timed)
 })
 
 interface Throughput { qps: number, cpu: number, gc: number }
@@ -201,8 +225,8 @@ const rlsSet = queries(rls, false)
 // The hand-written queries through a plugin that changes nothing: what Kysely's
 // plugin path (a transformQuery call, an awaited transformResult) costs by itself.
 const noop = hand.withPlugin({ transformQuery: (args) => args.node, transformResult: async (args) => args.result })
-const variants = { hand: handSet, handNoop: queries(noop, true), routedHand: queries(routedHand, true), routedPlugin: queries(routedHand.withPlugin(new InstanceFilterPlugin({ tables })), false), handSettings: queries(handSettings, true), handPrepared: queries(handPrepared, true), plugin: pluginSet, tenancy: tenancySet, tenancyPrepared: queries(tenancyPreparedDb, false), rls: rlsSet, rlsPrepared: queries(rlsPrepared, false) }
-const samples: Record<keyof typeof variants, Throughput[]> = { hand: [], handNoop: [], routedHand: [], routedPlugin: [], handSettings: [], handPrepared: [], plugin: [], tenancy: [], tenancyPrepared: [], rls: [], rlsPrepared: [] }
+const variants = { hand: handSet, handNoop: queries(noop, true), routedHand: queries(routedHand, true), routedPlugin: queries(routedHand.withPlugin(new InstanceFilterPlugin({ tables })), false), handSettings: queries(handSettings, true), handPrepared: queries(handPrepared, true), plugin: pluginSet, pluginTimed: queries(hand.withPlugin(e2eTimed), false), tenancy: tenancySet, tenancyPrepared: queries(tenancyPreparedDb, false), rls: rlsSet, rlsPrepared: queries(rlsPrepared, false) }
+const samples: Record<keyof typeof variants, Throughput[]> = { hand: [], handNoop: [], routedHand: [], routedPlugin: [], handSettings: [], handPrepared: [], plugin: [], pluginTimed: [], tenancy: [], tenancyPrepared: [], rls: [], rlsPrepared: [] }
 const tenancyOf = (name: keyof typeof variants): Tenancy => name === 'rls' ? rlsTenancy : name === 'rlsPrepared' ? rlsPreparedTenancy : name === 'tenancyPrepared' ? preparedTenancy : plainTenancy
 for (const name of Object.keys(variants) as Array<keyof typeof variants>) await qps(variants[name], tenancyOf(name)) // warm-up
 // The order is shuffled each round (seeded, printed): a rotation keeps every
@@ -211,6 +235,7 @@ for (const name of Object.keys(variants) as Array<keyof typeof variants>) await 
 const SEED = Number(process.env.BENCH_SEED ?? Date.now() % 100_000)
 let state = SEED
 const random = (): number => { state = (state * 1103515245 + 12345) % 2147483648; return state / 2147483648 }
+e2eTimed.millis = e2eTimed.calls = 0
 for (let round = 0; round < ROUNDS; round++) {
   const names = Object.keys(variants) as Array<keyof typeof variants>
   for (let i = names.length - 1; i > 0; i--) {
@@ -241,12 +266,15 @@ console.log(`  tenancy.kysely()          ${compile.tenancy.toFixed(0)} ms  (${(c
 console.log(`executed with no server (a client that answers at once): ${EXECUTE_ROUNDS} queries by ${CONCURRENCY} callers, best of 5 rounds, CPU time`)
 console.log(`  hand-written              ${executed.hand.toFixed(2)} µs/query`)
 console.log(`  plugin                    ${executed.plugin.toFixed(2)} µs/query  (+${(executed.plugin - executed.hand).toFixed(2)} µs)`)
+console.log(`  the filter's transformQuery, timed in each query: ${instantTimed.micros().toFixed(2)} µs/query`)
 console.log(`end to end: ${CONCURRENCY} concurrent callers, ${E2E_SECONDS} s × ${ROUNDS} rounds each in a shuffled order (BENCH_SEED=${SEED}), same mix; medians`)
 const line = (label: string, run: Throughput, note: string): void => {
   console.log(`  ${label.padEnd(28)}${run.qps.toFixed(0).padStart(6)} q/s ${run.cpu.toFixed(1).padStart(6)} µs client CPU/query (${run.gc.toFixed(1)} in GC)${note}`)
 }
 line('hand-written', e2e.hand, '')
 line('plugin', e2e.plugin, `  (${(e2e.plugin.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s, target ≥ 97%; CPU +${(e2e.plugin.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
+line('plugin, timed', e2e.pluginTimed, `  (${(e2e.pluginTimed.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s; its transformQuery ${e2eTimed.micros().toFixed(2)} µs/query, ` +
+  `${(e2eTimed.micros() / instantTimed.micros()).toFixed(1)}× the same call with no server)`)
 line('hand, a no-op plugin', e2e.handNoop, `  (${(e2e.handNoop.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s; CPU +${(e2e.handNoop.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
 line('hand, routing pool', e2e.routedHand, `  (${(e2e.routedHand.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s; CPU +${(e2e.routedHand.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
 line('plugin, routing pool', e2e.routedPlugin, `  (${(e2e.routedPlugin.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s; CPU +${(e2e.routedPlugin.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
