@@ -51,7 +51,13 @@ const tables = { student: 'must', course: 'must' } as const
 // idle timeout (10 s) a variant's connections closed while the others ran,
 // and a sample began with 8 connects, or not, as the shuffled order fell.
 const IDLE = { idleTimeoutMillis: 600_000 }
-const hand = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: CONCURRENCY, ...IDLE }) }) })
+// The socket reads of the pool that hand-written, the plugin and the no-op
+// plugin share: whether a variant gets its replies in more, smaller reads
+// (more event-loop turns per query) is what its client CPU could hide.
+let socketReads = 0
+const sharedPool = new pg.Pool({ connectionString: url, max: CONCURRENCY, ...IDLE })
+sharedPool.on('connect', (client) => { (client as unknown as { connection: { stream: NodeJS.EventEmitter } }).connection.stream.on('data', () => { socketReads++ }) })
+const hand = new Kysely<DB>({ dialect: new PostgresDialect({ pool: sharedPool }) })
 // The same queries on a pg pool with the settings the tenancy gives its own
 // pools (a checkout timeout, which pg-pool arms and clears on every checkout,
 // and allowExitOnIdle): how much of tenancy.kysely()'s cost is the pool's settings.
@@ -190,7 +196,7 @@ await plainTenancy.runAsInstance(ID, async () => {
   for (let round = 0; round < 5; round++) await executeRun(instantSets.timed)
 })
 
-interface Throughput { qps: number, cpu: number, gc: number }
+interface Throughput { qps: number, cpu: number, gc: number, reads: number }
 
 // Time spent in garbage collection (ms), from V8's gc entries: the filter's
 // tree copy makes garbage, and a scavenge's cost grows with what is in flight.
@@ -207,6 +213,7 @@ async function qps (set: ReturnType<typeof queries>, tenancy: Tenancy = plainTen
   const until = started + E2E_SECONDS * 1000
   const cpu = process.cpuUsage()
   const gc = gcMillis
+  const reads = socketReads
   await tenancy.runAsInstance(ID, async () => {
     await Promise.all(Array.from({ length: CONCURRENCY }, async (_, worker) => {
       let i = worker
@@ -216,7 +223,7 @@ async function qps (set: ReturnType<typeof queries>, tenancy: Tenancy = plainTen
   const used = process.cpuUsage(cpu)
   // gc entries are delivered after the collection: let those of this sample arrive.
   await new Promise((resolve) => setImmediate(resolve))
-  return { qps: done / ((performance.now() - started) / 1000), cpu: (used.user + used.system) / done, gc: (gcMillis - gc) * 1000 / done }
+  return { qps: done / ((performance.now() - started) / 1000), cpu: (used.user + used.system) / done, gc: (gcMillis - gc) * 1000 / done, reads: (socketReads - reads) / done }
 }
 
 const median = (values: number[]): number => [...values].sort((a, b) => a - b)[Math.floor(values.length / 2)]!
@@ -248,6 +255,7 @@ const e2e = Object.fromEntries(Object.entries(samples).map(([name, runs]) => [na
   qps: median(runs.map((run) => run.qps)),
   cpu: median(runs.map((run) => run.cpu)),
   gc: median(runs.map((run) => run.gc)),
+  reads: median(runs.map((run) => run.reads)),
 }])) as Record<keyof typeof variants, Throughput>
 
 // Each round's own ratio to the hand-written line of that round, median over
@@ -287,6 +295,7 @@ line('tenancy.kysely(), prepared', e2e.tenancyPrepared, `  (${(e2e.tenancyPrepar
   `${(e2e.tenancyPrepared.qps / e2e.handPrepared.qps * 100).toFixed(1)}% of hand-written prepared; CPU +${(e2e.tenancyPrepared.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
 line('+ rls, preparedStatements', e2e.rlsPrepared, `  (${(e2e.rlsPrepared.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s, target ≥ 90%; ` +
   `${(e2e.rlsPrepared.qps / e2e.handPrepared.qps * 100).toFixed(1)}% of hand-written prepared; CPU +${(e2e.rlsPrepared.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
+console.log(`  socket reads per query on the pool they share: hand-written ${e2e.hand.reads.toFixed(3)}, plugin ${e2e.plugin.reads.toFixed(3)}, a no-op plugin ${e2e.handNoop.reads.toFixed(3)}`)
 console.log(`  per-round ratios to hand-written, median of ${ROUNDS}: plugin ${paired('plugin').toFixed(1)}%, a no-op plugin ${paired('handNoop').toFixed(1)}%, tenancy.kysely() ${paired('tenancy').toFixed(1)}%, ` +
   `hand on a routing pool ${paired('routedHand').toFixed(1)}%, plugin on a routing pool ${paired('routedPlugin').toFixed(1)}%; the same work on other pool settings (noise alone) ${paired('handSettings').toFixed(1)}%`)
 
