@@ -59,15 +59,17 @@ const GROUPS = {
     mutate: [
       { file: 'lib/routing/routed-client.ts', only: ['query', 'release', 'discardReason', 'mismatch'] },
       { file: 'lib/routing/session-state.ts', only: ['CHANGES_SESSION', 'changesTo', 'applied', 'observe', 'changesSession', 'statementChangesSession', 'setConfigChangesSession'] },
-      { file: 'lib/routing/pool-manager.ts', only: ['release'] },
+      { file: 'lib/routing/pool-manager.ts', only: ['release', 'settledIdle'] },
     ],
     // pool-manager and pgbouncer-modes: the only files that kill three leaks
     // (a direct lease pooled with an open transaction; a session change, and
     // statements without their set-up, under transaction pooling), which the
     // routing pool's own guards hide from the others. pool-manager's 100 ms
     // timeouts may fail an initial run on a loaded machine (it is retried).
+    // routing-failed-statement: the only file that sees a connection given back
+    // before the server's ready-for-query after an error (settledIdle).
     tests: ['test/routing-session.test.ts', 'test/session-settings.test.ts', 'test/session-stream.test.ts', 'test/routing-transactions.test.ts',
-      'test/pool-manager.test.ts', 'test/pgbouncer-modes.test.ts'],
+      'test/routing-failed-statement.test.ts', 'test/pool-manager.test.ts', 'test/pgbouncer-modes.test.ts'],
   },
   filter: {
     // What decides what the predicate holds and where it goes: the predicate,
