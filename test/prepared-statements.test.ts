@@ -127,7 +127,13 @@ t.test('a statement prepared under one instance\'s role runs with the rights of 
     t.same(await tenancy.runAsInstance('rx', readX), [{ body: 'prep_x 1' }], `rx reads its own schema, round ${round}`)
     await t.rejects(tenancy.runAsInstance('ry', readX), { code: '42501' }, `ry is refused x's table by the same prepared text, round ${round}`)
   }
-  const statements = await prepared(tenancy, db)
+  // Read on the connection that runs the text, in one transaction: a connection
+  // given back before the server's ready-for-query after ry's refusal is
+  // destroyed, so the next checkout may be a new connection that has prepared nothing.
+  const statements = await tenancy.runAsInstance('rx', async () => await db.transaction().execute(async (trx) => {
+    await sql`select body from prep_x.note where id = ${1}`.execute(trx)
+    return (await sql<{ statement: string }>`select statement from pg_prepared_statements where name like 'tenancy\\_%'`.execute(trx)).rows.map((row) => row.statement)
+  }))
   t.ok(statements.some((text) => text.startsWith('select body from prep_x.note')), 'the text was prepared')
 })
 
