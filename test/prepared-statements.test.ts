@@ -56,10 +56,14 @@ async function tenancyWith (planCacheMode: string, preparedStatements: boolean |
   return { tenancy, db: tenancy.kysely<DB>() }
 }
 
+/** The statements the tenancy has prepared on the connection `executor` runs on. */
+async function preparedOn (executor: Awaited<ReturnType<typeof tenancyWith>>['db']): Promise<string[]> {
+  return (await sql<{ statement: string }>`select statement from pg_prepared_statements where name like 'tenancy\\_%' order by statement`.execute(executor)).rows.map((row) => row.statement)
+}
+
 /** The prepared statements of the tenancy's one connection, read on it. */
 async function prepared (tenancy: Awaited<ReturnType<typeof tenancyWith>>['tenancy'], db: Awaited<ReturnType<typeof tenancyWith>>['db']): Promise<string[]> {
-  return await tenancy.runAsInstance(1, async () =>
-    (await sql<{ statement: string }>`select statement from pg_prepared_statements where name like 'tenancy\\_%' order by statement`.execute(db)).rows.map((row) => row.statement))
+  return await tenancy.runAsInstance(1, async () => await preparedOn(db))
 }
 
 for (const mode of ['force_generic_plan', 'force_custom_plan']) {
@@ -132,7 +136,7 @@ t.test('a statement prepared under one instance\'s role runs with the rights of 
   // destroyed, so the next checkout may be a new connection that has prepared nothing.
   const statements = await tenancy.runAsInstance('rx', async () => await db.transaction().execute(async (trx) => {
     await sql`select body from prep_x.note where id = ${1}`.execute(trx)
-    return (await sql<{ statement: string }>`select statement from pg_prepared_statements where name like 'tenancy\\_%'`.execute(trx)).rows.map((row) => row.statement)
+    return await preparedOn(trx)
   }))
   t.ok(statements.some((text) => text.startsWith('select body from prep_x.note')), 'the text was prepared')
 })
