@@ -233,7 +233,7 @@ const rlsSet = queries(rls, false)
 // plugin path (a transformQuery call, an awaited transformResult) costs by itself.
 const noop = hand.withPlugin({ transformQuery: (args) => args.node, transformResult: async (args) => args.result })
 const variants = { hand: handSet, handNoop: queries(noop, true), routedHand: queries(routedHand, true), routedPlugin: queries(routedHand.withPlugin(new InstanceFilterPlugin({ tables })), false), handSettings: queries(handSettings, true), handPrepared: queries(handPrepared, true), plugin: pluginSet, pluginTimed: queries(hand.withPlugin(e2eTimed), false), tenancy: tenancySet, tenancyPrepared: queries(tenancyPreparedDb, false), rls: rlsSet, rlsPrepared: queries(rlsPrepared, false) }
-const samples: Record<keyof typeof variants, Throughput[]> = { hand: [], handNoop: [], routedHand: [], routedPlugin: [], handSettings: [], handPrepared: [], plugin: [], pluginTimed: [], tenancy: [], tenancyPrepared: [], rls: [], rlsPrepared: [] }
+const samples = Object.fromEntries(Object.keys(variants).map((name): [string, Throughput[]] => [name, []])) as Record<keyof typeof variants, Throughput[]>
 const tenancyOf = (name: keyof typeof variants): Tenancy => name === 'rls' ? rlsTenancy : name === 'rlsPrepared' ? rlsPreparedTenancy : name === 'tenancyPrepared' ? preparedTenancy : plainTenancy
 for (const name of Object.keys(variants) as Array<keyof typeof variants>) await qps(variants[name], tenancyOf(name)) // warm-up
 // The order is shuffled each round (seeded, printed): a rotation keeps every
