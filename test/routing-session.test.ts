@@ -256,6 +256,31 @@ t.test('a session that cannot be prepared fails the query and the connection is 
   t.equal(ten.pools.counts().leased, 0, 'nothing left checked out')
 })
 
+t.test('each connection destroyed is counted once, under its reason, and a second release of a checkout gives nothing back', async (t) => {
+  const pool = new RoutingPool(ten.pools)
+  const { Kysely, PostgresDialect } = await import('kysely')
+  // Not destroyed: it would close the tenancy's pools.
+  const own = new Kysely<DB>({ dialect: new PostgresDialect({ pool }) })
+  await ten.runAsInstance('c', async () => {
+    const client = await pool.connect()
+    await client.query('reset search_path', [])
+    client.release()
+    client.release()
+  })
+  t.same(pool.stats.destroyed, { session: 1, transaction: 0, lost: 0, asked: 0 }, 'a session change, released twice: one connection destroyed, counted once')
+  t.equal(ten.pools.counts().leased, 0, 'and nothing is left checked out')
+  await t.rejects(ten.runAsInstance('ghost', async () => await sql`select 1`.execute(own)), { code: 'TENANCY_SESSION_FAILED' })
+  t.same(pool.stats.destroyed, { session: 1, transaction: 0, lost: 0, asked: 1 }, 'a session that could not be prepared: destroyed as asked')
+  await t.rejects(ten.runAsInstance('c', async () => await own.connection().execute(async (conn) => {
+    const { pid } = await checkout(conn)
+    await query(url, 'select pg_terminate_backend($1)', [pid])
+    t.ok(await backendGone(pid), 'the server ended the backend')
+    await sql`select 1`.execute(conn)
+  })), { code: 'TENANCY_DATASOURCE_UNAVAILABLE' })
+  t.same(pool.stats.destroyed, { session: 1, transaction: 0, lost: 1, asked: 1 }, 'a connection lost while checked out: destroyed as lost')
+  t.same({ ...(await ten.runAsInstance('c', checkout)), pid: undefined }, await expected('c'), 'the next checkout works')
+})
+
 t.test('a transaction in a schema instance keeps its schema and role', async (t) => {
   await ten.runAsInstance('b', async () => {
     await t.rejects(db.transaction().execute(async (trx) => {
