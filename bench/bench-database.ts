@@ -6,6 +6,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url'
 import { rm } from 'node:fs/promises'
 import { randomBytes } from 'node:crypto'
 import pg from 'pg'
+import { sql, type Compilable, type Kysely } from 'kysely'
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
 
@@ -57,6 +58,36 @@ export function courseStudentTables (schema = 'public'): string {
     insert into ${schema}.course select c, i, 'course ' || c from generate_series(1, 20) c, generate_series(1, 50) i;
     insert into ${schema}.student select s, i, 'student ' || s, s % 20 + 1 from generate_series(1, 200) s, generate_series(1, 50) i;
     analyze ${schema}.course; analyze ${schema}.student;`
+}
+
+/** The tables of {@link courseStudentTables}, for Kysely. */
+export interface CourseStudentDB {
+  student: { id: number, iid: number, name: string, course_id: number | null }
+  course: { id: number, iid: number, title: string }
+}
+
+// Writes spread over many rows, so that a run measures the queries rather
+// than callers queueing on one row's lock.
+let counter = 0
+const next = (n: number): number => (counter = (counter + 7) % n) + 1
+
+/**
+ * The rewrite benchmarks' mix on {@link courseStudentTables}: point lookups, a
+ * join, a subquery, an aggregate, an update, an upsert. `byHand`: each with
+ * `iid = id` written in, for a Kysely without the filter.
+ */
+export function courseStudentQueries (db: Kysely<CourseStudentDB>, byHand: boolean, id: number): Array<() => Compilable & { execute: () => Promise<unknown> }> {
+  const own = <Q extends { where: (...args: any[]) => Q }>(q: Q, ref: string): Q => byHand ? q.where(ref as never, '=', id as never) : q
+  return [
+    () => own(db.selectFrom('student').selectAll().where('id', '=', 17), 'student.iid'),
+    () => own(db.selectFrom('student as s').innerJoin('course as c', (j) => byHand ? j.onRef('c.id', '=', 's.course_id').on('c.iid', '=', id) : j.onRef('c.id', '=', 's.course_id'))
+      .select(['s.id', 's.name', 'c.title']).where('s.id', '<', 10), 's.iid'),
+    () => own(db.selectFrom('course').select('title').where('id', 'in', own(db.selectFrom('student').select('course_id').where('id', '<', 5), 'student.iid')), 'course.iid'),
+    () => own(db.selectFrom('student').select(({ fn }) => ['course_id', fn.countAll().as('n')]).groupBy('course_id'), 'student.iid'),
+    () => own(db.updateTable('student').set({ name: sql`name` }).where('id', '=', next(200)), 'student.iid'),
+    () => { const course = next(20); return db.insertInto('course').values(byHand ? { id: course, iid: id, title: `course ${course}` } : { id: course, title: `course ${course}` } as never)
+      .onConflict((oc) => byHand ? oc.columns(['iid', 'id']).doUpdateSet({ title: `course ${course}` }).where('course.iid', '=', id) : oc.columns(['iid', 'id']).doUpdateSet({ title: `course ${course}` })) },
+  ]
 }
 
 /** The middle of `values` (the upper middle of an even count). */

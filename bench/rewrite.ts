@@ -9,16 +9,13 @@ import path from 'node:path'
 import { PerformanceObserver } from 'node:perf_hooks'
 import { rm } from 'node:fs/promises'
 import pg from 'pg'
-import { Kysely, PostgresDialect, sql, type Compilable, type KyselyPlugin, type PluginTransformQueryArgs, type PluginTransformResultArgs, type QueryResult, type RootOperationNode, type UnknownRow } from 'kysely'
+import { Kysely, PostgresDialect, type KyselyPlugin, type PluginTransformQueryArgs, type PluginTransformResultArgs, type QueryResult, type RootOperationNode, type UnknownRow } from 'kysely'
 import { createTenancy, rowLevelSecurityStatements, InstanceFilterPlugin, DEFAULT_POOL_SETTINGS, PoolManager, RoutingPool, type Tenancy } from '../lib/index.js'
 import { pathToFileURL } from 'node:url'
 import type { EmbeddedServer } from '../scripts/embedded-postgres.js'
-import { courseStudentTables } from './bench-database.js'
+import { courseStudentQueries, courseStudentTables, type CourseStudentDB } from './bench-database.js'
 
-interface DB {
-  student: { id: number, iid: number, name: string, course_id: number | null }
-  course: { id: number, iid: number, title: string }
-}
+type DB = CourseStudentDB
 const ID = 2
 const COMPILE_ROUNDS = 20_000
 const E2E_SECONDS = Number(process.env.BENCH_SECONDS ?? 3)
@@ -100,25 +97,7 @@ const tenancyDb = plainTenancy.kysely<DB>()
 const preparedTenancy = await createTenancy({ instances, datasources: { default: url }, tables, preparedStatements: true, pool: { max: CONCURRENCY, ...IDLE } })
 const tenancyPreparedDb = preparedTenancy.kysely<DB>()
 
-// Writes spread over many rows, so that the run measures the queries rather
-// than callers queueing on one row's lock.
-let counter = 0
-const next = (n: number): number => (counter = (counter + 7) % n) + 1
-
-// A realistic mix: point lookups, a join, a subquery, an aggregate, an update, an upsert.
-const queries = (db: Kysely<DB>, byHand: boolean): Array<() => Compilable & { execute: () => Promise<unknown> }> => {
-  const own = <Q extends { where: (...args: any[]) => Q }>(q: Q, ref: string): Q => byHand ? q.where(ref as never, '=', ID as never) : q
-  return [
-    () => own(db.selectFrom('student').selectAll().where('id', '=', 17), 'student.iid'),
-    () => own(db.selectFrom('student as s').innerJoin('course as c', (j) => byHand ? j.onRef('c.id', '=', 's.course_id').on('c.iid', '=', ID) : j.onRef('c.id', '=', 's.course_id'))
-      .select(['s.id', 's.name', 'c.title']).where('s.id', '<', 10), 's.iid'),
-    () => own(db.selectFrom('course').select('title').where('id', 'in', own(db.selectFrom('student').select('course_id').where('id', '<', 5), 'student.iid')), 'course.iid'),
-    () => own(db.selectFrom('student').select(({ fn }) => ['course_id', fn.countAll().as('n')]).groupBy('course_id'), 'student.iid'),
-    () => own(db.updateTable('student').set({ name: sql`name` }).where('id', '=', next(200)), 'student.iid'),
-    () => { const id = next(20); return db.insertInto('course').values(byHand ? { id, iid: ID, title: `course ${id}` } : { id, title: `course ${id}` } as never)
-      .onConflict((oc) => byHand ? oc.columns(['iid', 'id']).doUpdateSet({ title: `course ${id}` }).where('course.iid', '=', ID) : oc.columns(['iid', 'id']).doUpdateSet({ title: `course ${id}` })) },
-  ]
-}
+const queries = (db: Kysely<DB>, byHand: boolean): ReturnType<typeof courseStudentQueries> => courseStudentQueries(db, byHand, ID)
 
 function cpuMillis (fn: () => void): number {
   const start = process.cpuUsage()
@@ -170,8 +149,69 @@ class TimedFilter implements KyselyPlugin {
   }
 
   async transformResult (args: PluginTransformResultArgs): Promise<QueryResult<UnknownRow>> { return await this.#filter.transformResult(args) }
+  reset (): void { this.millis = this.calls = 0 }
   micros (): number { return this.millis * 1000 / this.calls }
 }
+// The same for the pool: a wrapper that times the pool's connect (call to
+// resolution), the client's query (the call, up to the promise pg returns) and
+// its release, around a pg pool and around a routing pool. The difference
+// between the two, end to end and in a checkout loop with nothing sent, is the
+// routing pool's own cost in each setting. One wrapper per client, as Kysely
+// keeps one connection object per client.
+interface PoolClientLike { query: (...args: any[]) => any, release: (destroy?: boolean) => void }
+interface PoolLike { connect: () => Promise<PoolClientLike>, end: () => Promise<void> }
+class TimedPool {
+  readonly #inner: PoolLike
+  readonly #clients = new WeakMap<object, PoolClientLike>()
+  connectMillis = 0
+  queryMillis = 0
+  releaseMillis = 0
+  checkouts = 0
+  queries = 0
+  constructor (inner: unknown) { this.#inner = inner as PoolLike }
+  async connect (): Promise<unknown> {
+    const start = performance.now()
+    const client = await this.#inner.connect()
+    this.connectMillis += performance.now() - start
+    this.checkouts++
+    let timed = this.#clients.get(client)
+    if (timed === undefined) {
+      timed = {
+        query: (...args: any[]) => {
+          const begun = performance.now()
+          const result = client.query(...args)
+          this.queryMillis += performance.now() - begun
+          this.queries++
+          return result
+        },
+        release: (destroy?: boolean) => {
+          const begun = performance.now()
+          client.release(destroy)
+          this.releaseMillis += performance.now() - begun
+        },
+      }
+      this.#clients.set(client, timed)
+    }
+    return timed
+  }
+
+  async end (): Promise<void> { await this.#inner.end() }
+  reset (): void { this.connectMillis = this.queryMillis = this.releaseMillis = this.checkouts = this.queries = 0 }
+  /**
+   * Wall µs per checkout of connect (across its awaits, so with whatever the
+   * other callers ran meanwhile), of release and of both; wall µs per query of
+   * the query call (for pg, mostly the socket write of the statement).
+   */
+  micros (): { connect: number, release: number, checkout: number, query: number } {
+    const connect = this.connectMillis * 1000 / this.checkouts
+    const release = this.releaseMillis * 1000 / this.checkouts
+    return { connect, release, checkout: connect + release, query: this.queries === 0 ? 0 : this.queryMillis * 1000 / this.queries }
+  }
+}
+const timedPgPool = new TimedPool(new pg.Pool({ connectionString: url, max: CONCURRENCY, ...IDLE }))
+const timedRoutingPool = new TimedPool(new RoutingPool(new PoolManager({ default: url }, { pool: { max: CONCURRENCY, ...IDLE } })))
+const timedPg = new Kysely<DB>({ dialect: new PostgresDialect({ pool: timedPgPool as never }) })
+const timedRouted = new Kysely<DB>({ dialect: new PostgresDialect({ pool: timedRoutingPool as never }) })
 const instantTimed = new TimedFilter()
 const e2eTimed = new TimedFilter()
 const instantSets = { hand: queries(instant, true), plugin: queries(instant.withPlugin(new InstanceFilterPlugin({ tables })), false), timed: queries(instant.withPlugin(instantTimed), false) }
@@ -192,8 +232,25 @@ await plainTenancy.runAsInstance(ID, async () => {
     executed.plugin = Math.min(executed.plugin, await executeRun(instantSets.plugin))
   }
   await executeRun(instantSets.timed) // warm-up
-  instantTimed.millis = instantTimed.calls = 0
+  instantTimed.reset()
   for (let round = 0; round < 5; round++) await executeRun(instantSets.timed)
+})
+
+// The two timed pools in a checkout loop with nothing sent (an idle connection
+// is always there, so nothing waits for the network), 5 rounds each,
+// alternating. One caller: with more, a connect's time across its awaits
+// would hold the others' work too.
+const CHECKOUT_ROUNDS = 20_000
+async function checkoutRun (db: Kysely<DB>): Promise<void> {
+  for (let i = 0; i < CHECKOUT_ROUNDS; i++) await db.connection().execute(async () => {})
+}
+const checkoutLoop = { pg: timedPgPool.micros(), routed: timedRoutingPool.micros() }
+await plainTenancy.runAsInstance(ID, async () => {
+  await checkoutRun(timedPg); await checkoutRun(timedRouted) // warm-up: connections open, code compiled
+  timedPgPool.reset(); timedRoutingPool.reset()
+  for (let round = 0; round < 5; round++) { await checkoutRun(timedPg); await checkoutRun(timedRouted) }
+  checkoutLoop.pg = timedPgPool.micros()
+  checkoutLoop.routed = timedRoutingPool.micros()
 })
 
 interface Throughput { qps: number, cpu: number, gc: number, reads: number }
@@ -232,7 +289,7 @@ const rlsSet = queries(rls, false)
 // The hand-written queries through a plugin that changes nothing: what Kysely's
 // plugin path (a transformQuery call, an awaited transformResult) costs by itself.
 const noop = hand.withPlugin({ transformQuery: (args) => args.node, transformResult: async (args) => args.result })
-const variants = { hand: handSet, handNoop: queries(noop, true), routedHand: queries(routedHand, true), routedPlugin: queries(routedHand.withPlugin(new InstanceFilterPlugin({ tables })), false), handSettings: queries(handSettings, true), handPrepared: queries(handPrepared, true), plugin: pluginSet, pluginTimed: queries(hand.withPlugin(e2eTimed), false), tenancy: tenancySet, tenancyPrepared: queries(tenancyPreparedDb, false), rls: rlsSet, rlsPrepared: queries(rlsPrepared, false) }
+const variants = { hand: handSet, handNoop: queries(noop, true), routedHand: queries(routedHand, true), routedPlugin: queries(routedHand.withPlugin(new InstanceFilterPlugin({ tables })), false), handSettings: queries(handSettings, true), handPrepared: queries(handPrepared, true), plugin: pluginSet, pluginTimed: queries(hand.withPlugin(e2eTimed), false), pgTimed: queries(timedPg, true), routedTimed: queries(timedRouted, true), tenancy: tenancySet, tenancyPrepared: queries(tenancyPreparedDb, false), rls: rlsSet, rlsPrepared: queries(rlsPrepared, false) }
 const samples = Object.fromEntries(Object.keys(variants).map((name): [string, Throughput[]] => [name, []])) as Record<keyof typeof variants, Throughput[]>
 const tenancyOf = (name: keyof typeof variants): Tenancy => name === 'rls' ? rlsTenancy : name === 'rlsPrepared' ? rlsPreparedTenancy : name === 'tenancyPrepared' ? preparedTenancy : plainTenancy
 for (const name of Object.keys(variants) as Array<keyof typeof variants>) await qps(variants[name], tenancyOf(name)) // warm-up
@@ -242,7 +299,8 @@ for (const name of Object.keys(variants) as Array<keyof typeof variants>) await 
 const SEED = Number(process.env.BENCH_SEED ?? Date.now() % 100_000)
 let state = SEED
 const random = (): number => { state = (state * 1103515245 + 12345) % 2147483648; return state / 2147483648 }
-e2eTimed.millis = e2eTimed.calls = 0
+e2eTimed.reset()
+timedPgPool.reset(); timedRoutingPool.reset()
 for (let round = 0; round < ROUNDS; round++) {
   const names = Object.keys(variants) as Array<keyof typeof variants>
   for (let i = names.length - 1; i > 0; i--) {
@@ -295,12 +353,23 @@ line('tenancy.kysely(), prepared', e2e.tenancyPrepared, `  (${(e2e.tenancyPrepar
   `${(e2e.tenancyPrepared.qps / e2e.handPrepared.qps * 100).toFixed(1)}% of hand-written prepared; CPU +${(e2e.tenancyPrepared.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
 line('+ rls, preparedStatements', e2e.rlsPrepared, `  (${(e2e.rlsPrepared.qps / e2e.hand.qps * 100).toFixed(1)}% of hand-written q/s, target ≥ 90%; ` +
   `${(e2e.rlsPrepared.qps / e2e.handPrepared.qps * 100).toFixed(1)}% of hand-written prepared; CPU +${(e2e.rlsPrepared.cpu - e2e.hand.cpu).toFixed(1)} µs)`)
+const inSitu = { pg: timedPgPool.micros(), routed: timedRoutingPool.micros() }
+const poolLine = (label: string, loop: ReturnType<TimedPool['micros']>, e2eRun: ReturnType<TimedPool['micros']>): void => {
+  console.log(`    ${label.padEnd(14)} connect ${loop.connect.toFixed(2)} → ${e2eRun.connect.toFixed(2)} µs, release ${loop.release.toFixed(2)} → ${e2eRun.release.toFixed(2)} µs, query call ${e2eRun.query.toFixed(2)} µs`)
+}
+console.log('  the pools timed inside each query, wall µs: in a checkout loop with nothing sent, one caller → end to end (timed variants, hand-written mix; a connect there spans its awaits and what other callers ran meanwhile):')
+poolLine('pg pool', checkoutLoop.pg, inSitu.pg)
+poolLine('routing pool', checkoutLoop.routed, inSitu.routed)
+console.log(`    routing pool − pg pool: checkout +${(checkoutLoop.routed.checkout - checkoutLoop.pg.checkout).toFixed(2)} µs in the loop, +${(inSitu.routed.checkout - inSitu.pg.checkout).toFixed(2)} µs end to end; ` +
+  `release +${(inSitu.routed.release - inSitu.pg.release).toFixed(2)} and query call +${(inSitu.routed.query - inSitu.pg.query).toFixed(2)} µs end to end; ${e2e.pgTimed.qps.toFixed(0)} against ${e2e.routedTimed.qps.toFixed(0)} q/s, CPU +${(e2e.routedTimed.cpu - e2e.pgTimed.cpu).toFixed(1)} µs`)
 console.log(`  socket reads per query on the pool they share: hand-written ${e2e.hand.reads.toFixed(3)}, plugin ${e2e.plugin.reads.toFixed(3)}, a no-op plugin ${e2e.handNoop.reads.toFixed(3)}`)
 console.log(`  per-round ratios to hand-written, median of ${ROUNDS}: plugin ${paired('plugin').toFixed(1)}%, a no-op plugin ${paired('handNoop').toFixed(1)}%, tenancy.kysely() ${paired('tenancy').toFixed(1)}%, ` +
   `hand on a routing pool ${paired('routedHand').toFixed(1)}%, plugin on a routing pool ${paired('routedPlugin').toFixed(1)}%; the same work on other pool settings (noise alone) ${paired('handSettings').toFixed(1)}%`)
 
 await hand.destroy()
 await routedHand.destroy()
+await timedPg.destroy()
+await timedRouted.destroy()
 await handSettings.destroy()
 await rlsTenancy.close()
 await rlsPreparedTenancy.close()
