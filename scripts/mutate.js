@@ -68,8 +68,10 @@ const GROUPS = {
     // timeouts may fail an initial run on a loaded machine (it is retried).
     // routing-failed-statement: the only file that sees a connection given back
     // before the server's ready-for-query after an error (settledIdle).
+    // session-affinity: the only file that reads which waiter a connection
+    // given back goes to (PoolManager.release's releaseWithAffinity).
     tests: ['test/routing-session.test.ts', 'test/session-settings.test.ts', 'test/session-stream.test.ts', 'test/routing-transactions.test.ts',
-      'test/routing-failed-statement.test.ts', 'test/pool-manager.test.ts', 'test/pgbouncer-modes.test.ts'],
+      'test/routing-failed-statement.test.ts', 'test/pool-manager.test.ts', 'test/pgbouncer-modes.test.ts', 'test/session-affinity.test.ts'],
   },
   filter: {
     // What decides what the predicate holds and where it goes: the predicate,
