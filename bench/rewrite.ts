@@ -10,7 +10,8 @@ import { PerformanceObserver } from 'node:perf_hooks'
 import { rm } from 'node:fs/promises'
 import pg from 'pg'
 import { Kysely, PostgresDialect, type KyselyPlugin, type PluginTransformQueryArgs, type PluginTransformResultArgs, type QueryResult, type RootOperationNode, type UnknownRow } from 'kysely'
-import { createTenancy, rowLevelSecurityStatements, InstanceFilterPlugin, DEFAULT_POOL_SETTINGS, PoolManager, RoutingPool, type Tenancy } from '../lib/index.js'
+import { createTenancy, currentContext, currentInstance, rowLevelSecurityStatements, InstanceFilterPlugin, DEFAULT_POOL_SETTINGS, PoolManager, RoutingPool, SessionState, type Tenancy } from '../lib/index.js'
+import { RoutedClient } from '../lib/routing/routed-client.js'
 import { pathToFileURL } from 'node:url'
 import type { EmbeddedServer } from '../scripts/embedded-postgres.js'
 import { courseStudentQueries, courseStudentTables, type CourseStudentDB } from './bench-database.js'
@@ -214,7 +215,29 @@ const timedPg = new Kysely<DB>({ dialect: new PostgresDialect({ pool: timedPgPoo
 const timedRouted = new Kysely<DB>({ dialect: new PostgresDialect({ pool: timedRoutingPool as never }) })
 const instantTimed = new TimedFilter()
 const e2eTimed = new TimedFilter()
-const instantSets = { hand: queries(instant, true), plugin: queries(instant.withPlugin(new InstanceFilterPlugin({ tables })), false), timed: queries(instant.withPlugin(instantTimed), false) }
+// The routed client's statement path on that client (the transaction guard,
+// observe, the async function around pg's call): eight RoutedClients, one per
+// caller at a time, each around the client that answers at once.
+await SessionState.load()
+const instantPg = { ...instantClient, on: () => {}, getTransactionStatus: () => 'I' }
+const freeRouted: RoutedClient[] = []
+for (let i = 0; i < CONCURRENCY; i++) {
+  const client: RoutedClient = new RoutedClient(instantPg as never, new SessionState(), () => { freeRouted.push(client) }, currentContext)
+  freeRouted.push(client)
+}
+const routedInstant = new Kysely<DB>({
+  dialect: new PostgresDialect({
+    pool: {
+      connect: async () => {
+        const client = freeRouted.pop()!
+        client.checkout({ client: instantPg, datasource: 'default' } as never, currentInstance())
+        return client
+      },
+      end: async () => {},
+    } as never,
+  }),
+})
+const instantSets = { hand: queries(instant, true), routed: queries(routedInstant, true), plugin: queries(instant.withPlugin(new InstanceFilterPlugin({ tables })), false), timed: queries(instant.withPlugin(instantTimed), false) }
 async function executeRun (set: ReturnType<typeof queries>): Promise<number> {
   const start = process.cpuUsage()
   let i = 0
@@ -224,11 +247,12 @@ async function executeRun (set: ReturnType<typeof queries>): Promise<number> {
   const used = process.cpuUsage(start)
   return (used.user + used.system) / EXECUTE_ROUNDS
 }
-const executed = { hand: Infinity, plugin: Infinity }
+const executed = { hand: Infinity, routed: Infinity, plugin: Infinity }
 await plainTenancy.runAsInstance(ID, async () => {
-  await executeRun(instantSets.hand); await executeRun(instantSets.plugin) // warm-up
+  await executeRun(instantSets.hand); await executeRun(instantSets.routed); await executeRun(instantSets.plugin) // warm-up
   for (let round = 0; round < 5; round++) {
     executed.hand = Math.min(executed.hand, await executeRun(instantSets.hand))
+    executed.routed = Math.min(executed.routed, await executeRun(instantSets.routed))
     executed.plugin = Math.min(executed.plugin, await executeRun(instantSets.plugin))
   }
   await executeRun(instantSets.timed) // warm-up
@@ -332,6 +356,7 @@ console.log(`  tenancy.kysely()          ${compile.tenancy.toFixed(0)} ms  (${(c
 console.log(`executed with no server (a client that answers at once): ${EXECUTE_ROUNDS} queries by ${CONCURRENCY} callers, best of 5 rounds, CPU time`)
 console.log(`  hand-written              ${executed.hand.toFixed(2)} µs/query`)
 console.log(`  plugin                    ${executed.plugin.toFixed(2)} µs/query  (+${(executed.plugin - executed.hand).toFixed(2)} µs)`)
+console.log(`  hand-written, routed client ${executed.routed.toFixed(2)} µs/query  (+${(executed.routed - executed.hand).toFixed(2)} µs: its statement path, no checkout)`)
 console.log(`  the filter's transformQuery, timed in each query: ${instantTimed.micros().toFixed(2)} µs/query`)
 console.log(`end to end: ${CONCURRENCY} concurrent callers, ${E2E_SECONDS} s × ${ROUNDS} rounds each in a shuffled order (BENCH_SEED=${SEED}), same mix; medians`)
 const line = (label: string, run: Throughput, note: string): void => {
