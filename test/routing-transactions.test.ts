@@ -1,6 +1,6 @@
 import t from 'tap'
 import { Kysely, PostgresDialect, sql, type Generated } from 'kysely'
-import { createTenancy, MismatchError, RoutingPool } from '../lib/index.js'
+import { createTenancy, MismatchError, RoutingPool, type TenancyContext } from '../lib/index.js'
 import { WholeCursor } from './helpers/whole-cursor.js'
 import { createDatabase, query } from './helpers/database.js'
 
@@ -233,4 +233,54 @@ t.test('two tenancies in one process: each routing pool and guard reads only its
   })
   t.same(await names(defaultUrl, 'tenant_bee.student'), ['bee inside acme'])
   t.same(await names(defaultUrl, 'tenant_acme.student'), ['acme inside bee'])
+})
+
+t.test('a connection kept past its db.connection() callback is refused afterwards, in any context, and reads nothing of the next checkout\'s session', async (t) => {
+  await query(defaultUrl, `delete from student; delete from tenant_acme.student; insert into student (iid, name) values (1, 'default row'); insert into tenant_acme.student (iid, name) values (3, 'acme secret')`)
+  let kept: Kysely<DB> | undefined
+  await single.runAsHost(async () => { await one.connection().execute(async (conn) => { kept = conn; await sql`select 1`.execute(conn) }) })
+  // The only connection of the datasource now carries acme's search_path, idle in its pool.
+  await single.runAsInstance('acme', async () => {
+    t.same((await one.selectFrom('student').select('name').execute()).map((row) => row.name), ['acme secret'])
+  })
+  const refused = { code: 'TENANCY_MISMATCH', statusCode: 500, message: /given back to its pool when the db\.connection\(\) \(or transaction\) that checked it out ended.*the query was not sent/ }
+  // Host code reads tenant tables unscoped; the filter would refuse them before the connection sees anything.
+  await single.runAsHost(async () => { await single.unscoped(async () => { await t.rejects(kept!.selectFrom('student').select('name').execute(), refused, 'host context: not run in acme\'s session') }) })
+  await t.rejects(sql`select current_schema()`.execute(kept!), refused, 'no context')
+  await single.runAsInstance('acme', async () => { await t.rejects(kept!.selectFrom('student').select('name').execute(), refused, 'acme\'s own context') })
+  await single.runAsInstance('', async () => { await t.rejects(kept!.deleteFrom('student').execute(), refused, 'a write') })
+  t.same(await names(defaultUrl), ['default row'], 'nothing was deleted')
+  t.equal(single.pools.counts().leased, 0, 'nothing stays checked out')
+  await single.runAsHost(async () => {
+    await single.unscoped(async () => {
+      t.same((await one.selectFrom('student').select('name').execute()).map((row) => row.name), ['default row'], 'the connection still serves checkouts, in the host\'s session')
+    })
+  })
+})
+
+t.test('a transaction goes on for another object of its instance only while the connection carries the same thing for it', async (t) => {
+  await query(defaultUrl, 'delete from tenant_acme.student; delete from tenant_bee.student')
+  const acme = await single.runAsInstance('acme', async () => single.context()!.instance!)
+  // What a registry reload or another tenancy with the same id could put in the context.
+  const frameOf = (instance: typeof acme): TenancyContext => ({ tenancy: single, kind: 'instance', instance, outer: undefined })
+  let frame = frameOf(acme)
+  const guarded = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new RoutingPool(single.pools, { context: () => frame }) }) })
+  await guarded.transaction().execute(async (trx) => {
+    await trx.insertInto('student').values({ iid: 3, name: 'acme 1' }).execute()
+    frame = frameOf({ ...acme })
+    await trx.insertInto('student').values({ iid: 3, name: 'acme 2' }).execute()
+  })
+  t.same(await names(defaultUrl, 'tenant_acme.student'), ['acme 1', 'acme 2'], 'an equal copy (a reload that changed nothing) may go on')
+  for (const changed of [{ schema: 'tenant_bee' }, { role: 'someone' }, { datasource: 'iso' }, { id: 4 }]) {
+    frame = frameOf(acme)
+    const err = await guarded.transaction().execute(async (trx) => {
+      await trx.insertInto('student').values({ iid: 3, name: 'acme before' }).execute()
+      frame = frameOf({ ...acme, ...changed })
+      await trx.insertInto('student').values({ iid: 3, name: 'changed' }).execute()
+    }).catch((err: unknown) => err)
+    t.match(err, { code: 'TENANCY_MISMATCH', message: /belongs to instance "acme".*now runs as instance "acme"/ }, `same name, ${JSON.stringify(changed)}: refused`)
+  }
+  t.same(await names(defaultUrl, 'tenant_acme.student'), ['acme 1', 'acme 2'], 'every refused transaction rolled back')
+  t.same(await names(defaultUrl, 'tenant_bee.student'), [], 'nothing reached the other schema')
+  t.equal(single.pools.counts().leased, 0)
 })

@@ -6,6 +6,17 @@ import type { Instance } from '../instances/instance.js'
 import { settledIdle, type Lease } from './pool-manager.js'
 import { changesSession, transactionControl, type SessionState, type SessionTarget } from './session-state.js'
 
+/**
+ * Two objects of one instance (a registry reload replaces the object) share a
+ * connection only when what the connection carries for them is the same: the
+ * datasource, the schema and the role, besides the id the filter and the
+ * settings use. An object of the same id elsewhere (changed by the reload, or
+ * another tenancy's) is another instance to the connection.
+ */
+function sameSession (a: Instance | undefined, b: Instance | undefined): boolean {
+  return a !== undefined && b !== undefined && a.id === b.id && a.datasource === b.datasource && a.schema === b.schema && a.role === b.role
+}
+
 function describe (instance: Instance | undefined): string {
   return instance === undefined ? 'the host context (no instance)' : `instance ${quote(instance.name)}`
 }
@@ -274,9 +285,16 @@ export class RoutedClient implements PostgresPoolClient {
   }
 
   #mismatch (): Error | undefined {
+    // A Kysely kept past its db.connection() callback still holds this object:
+    // the connection is idle in its pool now, or another checkout's, and its
+    // session is whatever that one left (another instance's schema or role).
+    if (this.#lease === undefined) {
+      return new MismatchError('This connection was given back to its pool when the db.connection() (or transaction) that checked it out ended, so it may be idle or another checkout\'s now, ' +
+        'with that one\'s session: the query was not sent. Run a kept connection\'s queries inside its callback.')
+    }
     const current = this.#context()?.instance
     const owner = this.#owner
-    if (current === owner || current?.id === owner?.id) return undefined
+    if (current === owner || sameSession(current, owner)) return undefined
     return new MismatchError(`This transaction (or connection) belongs to ${describe(owner)}, which began it, but a query on it now runs as ${describe(current)}. ` +
       'A transaction stays with one instance: finish it before switching, or run the other instance\'s work outside it.')
   }
