@@ -33,6 +33,40 @@ function aptInstall () {
   })
 }
 
+// Run by a second Node.js process whose stdin is a pipe from this one: the
+// pipe closes when this process ends in any way, SIGKILL included, where no
+// exit handler or teardown of a test runs (a mutant, a timeout, Ctrl-C).
+const WATCHDOG = `
+const [pid, dir] = process.argv.slice(1)
+process.stdin.resume()
+process.stdin.on('close', () => {
+  const alive = () => { try { return process.kill(Number(pid), 0) } catch { return false } }
+  if (alive()) process.kill(Number(pid), 'SIGTERM')
+  let waited = 0
+  const timer = setInterval(() => {
+    waited += 100
+    if (alive() && waited < 5000) return
+    if (alive()) process.kill(Number(pid), 'SIGKILL')
+    clearInterval(timer)
+    require('node:fs').rmSync(dir, { recursive: true, force: true })
+  }, 100)
+})
+`
+
+/**
+ * A process that stops PgBouncer (\`pid\`) and removes \`dir\` once this
+ * process has ended, unless killed first (stop() does, before its own shutdown,
+ * so a PID used again later is never signalled). It holds nothing open here.
+ */
+function watch (pid, dir) {
+  const watchdog = spawn(process.execPath, ['-e', WATCHDOG, String(pid), dir], { stdio: ['pipe', 'ignore', 'ignore'] })
+  watchdog.on('error', () => {})
+  watchdog.unref()
+  watchdog.stdin.on('error', () => {})
+  watchdog.stdin.unref()
+  return watchdog
+}
+
 /**
  * The path of the `pgbouncer` binary, installed with `apt-get install -y
  * pgbouncer` (after `apt-get update` if the first attempt fails) when it is
@@ -135,6 +169,8 @@ export async function startPgBouncer ({ databaseUrl, poolMode = 'transaction', p
   }
   const output = []
   const child = spawn(binary, args, { stdio: ['ignore', 'pipe', 'pipe'] })
+  const watchdog = watch(child.pid, dir)
+  child.once('exit', () => { watchdog.kill() })
   child.stdout.on('data', (chunk) => { output.push(String(chunk)) })
   child.stderr.on('data', (chunk) => { output.push(String(chunk)) })
   child.on('error', (err) => { output.push(String(err)) })
@@ -145,6 +181,7 @@ export async function startPgBouncer ({ databaseUrl, poolMode = 'transaction', p
   try {
     await waitForPort(port, child, log, Date.now() + 15_000)
   } catch (err) {
+    watchdog.kill()
     child.kill('SIGKILL')
     await rm(dir, { recursive: true, force: true })
     throw err
@@ -172,6 +209,7 @@ export async function startPgBouncer ({ databaseUrl, poolMode = 'transaction', p
     async stop () {
       if (stopped) return
       stopped = true
+      watchdog.kill()
       if (child.exitCode === null) {
         const exited = new Promise((resolve) => child.once('exit', resolve))
         // SIGINT: a "safe shutdown" that waits for clients; SIGTERM ends it at once.
