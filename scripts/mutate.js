@@ -48,7 +48,8 @@ const GROUPS = {
     // Not `validate` (the resolver's option checks): a mutant there accepts a
     // bad option, it does not move a request to another instance.
     mutate: ['lib/context.ts', { file: 'lib/resolve/instance-resolver.ts', only: ['instanceNameFromHost', 'readCookie', 'byFoldedName', 'builtIn', 'createInstanceResolver'] }],
-    tests: ['test/instance-resolver.test.ts', 'test/instance-resolver-*.test.ts', 'test/context.test.ts', 'test/context-*.test.ts', 'test/plugin-startup.test.ts', 'test/plugin-hostile.test.ts'],
+    // tokens: the only file that reads the claim resolver (resolve.claim).
+    tests: ['test/instance-resolver.test.ts', 'test/tokens.test.ts', 'test/instance-resolver-*.test.ts', 'test/context.test.ts', 'test/context-*.test.ts', 'test/plugin-startup.test.ts', 'test/plugin-hostile.test.ts'],
   },
   routing: {
     // What decides whether a query may run on a held connection, what a
