@@ -191,6 +191,14 @@ t.test('framework-free: the claim resolver in the chain, and createInstanceBindi
   t.equal((resolve({ headers: {}, url: '/', user: null }) as any).name, '', 'no claims: the next resolvers, then the fallback')
   t.throws(() => resolve({ headers: {}, url: '/', user: { iid: '2' } }), { code: 'TENANCY_INSTANCE_FORBIDDEN' })
   t.throws(() => resolve({ headers: {}, url: '/', user: { iid: 77 } }), { code: 'TENANCY_UNKNOWN_INSTANCE' })
+  // In the plugin the binding check refuses these first; the resolver alone must too (no 404 for a claim that is no id).
+  for (const iid of [0, 1.5, -2]) {
+    t.throws(() => resolve({ headers: {}, url: '/', user: { iid } }), { code: 'TENANCY_INSTANCE_FORBIDDEN', message: new RegExp(`its claim iid is "${iid}", not an instance id\\.$`) }, `claim ${iid}`)
+  }
+  const off = createInstanceResolver(tenancy.instances, {})
+  t.equal((off({ headers: {}, url: '/', user: { true: 2, false: 2, iid: 2 } }) as any).name, '', 'without resolve.claim no claim is read')
+  const length = createInstanceResolver(tenancy.instances, { claim: 'length' })
+  t.equal((length({ headers: {}, url: '/', user: 'ab' }) as any).name, '', 'claims that are no object hold no claim, not even a string\'s length')
   t.throws(() => createInstanceBinding(tenancy.instances, {}), { code: 'TENANCY_INVALID_OPTIONS' })
   const bind = createInstanceBinding(tenancy.instances, { claim: 'iid', fallback: 'reject' })
   t.throws(() => bind({ headers: { 'x-instance-name': 'b' }, url: '/' }, { iid: 2 }), { code: 'TENANCY_INSTANCE_FORBIDDEN' })
