@@ -23,6 +23,13 @@ const instances = [
 const ten = await createTenancy({ instances, datasources: { default: defaultUrl, iso: isoUrl }, pool: { max: 2 } })
 t.teardown(() => ten.close())
 const db = ten.kysely<DB>()
+// Made before the first subtest: tap may end the file's root test while a
+// top-level await between subtests is pending, and later subtests then fail.
+// One connection per datasource, so a connection kept would come back to the next checkout.
+const single = await createTenancy({ instances, datasources: { default: defaultUrl, iso: isoUrl }, pool: { max: 1 } })
+t.teardown(() => single.close())
+const one = single.kysely<DB>()
+const pidOf = async (executor: Kysely<DB>): Promise<number> => (await sql<{ pid: number }>`select pg_backend_pid() as pid`.execute(executor)).rows[0]!.pid
 
 async function names (url: string, from = 'student'): Promise<string[]> {
   return (await query<{ name: string }>(url, `select name from ${from} order by id`)).map((row) => row.name)
@@ -130,12 +137,6 @@ t.test('the cursor path (stream) is bound to the transaction\'s instance too', a
   t.match(err, { code: 'TENANCY_MISMATCH', message: /belongs to instance "iso".*now runs as instance "acme"\. A transaction stays with one instance: finish it before switching/ })
   t.notOk((await names(isoUrl)).includes('iso streamed'), 'the transaction rolled back')
 })
-
-// One connection per datasource, so a connection kept would come back to the next checkout.
-const single = await createTenancy({ instances, datasources: { default: defaultUrl, iso: isoUrl }, pool: { max: 1 } })
-t.teardown(() => single.close())
-const one = single.kysely<DB>()
-const pidOf = async (executor: Kysely<DB>): Promise<number> => (await sql<{ pid: number }>`select pg_backend_pid() as pid`.execute(executor)).rows[0]!.pid
 
 t.test('a transaction left open on db.connection() is rolled back and never holds the next checkout', async (t) => {
   await query(defaultUrl, 'delete from student')
