@@ -25,6 +25,64 @@ const options = (parameters: readonly unknown[], target: OracleTarget): CheckOpt
 const kinds = (text: string, parameters: readonly unknown[], target: OracleTarget = { kind: 'instance', id: 2 }): string[] =>
   check(text, options(parameters, target)).map((finding) => finding.kind)
 
+// The oracle schemas exist before the tenancy discovers its tables, so that
+// they never count as tables it has not seen.
+const url = await createDatabase(t, 'oracle')
+await createTenantSchema(url)
+const TABLES = ['student', 'course', 'role', 'tag'] as const
+const viewSql: string[] = []
+for (const { id } of schemaInstances) {
+  viewSql.push(`create schema oracle_${id}`, `create view oracle_${id}.country as select * from public.country`)
+  for (const table of TABLES) {
+    viewSql.push(`create view oracle_${id}.${table} as select * from public.${table} where iid = ${id} with local check option`,
+      `alter view oracle_${id}.${table} alter column iid set default ${id}`)
+  }
+}
+viewSql.push('create schema oracle_host', 'create view oracle_host.country as select * from public.country',
+  'create view oracle_host.role as select * from public.role where iid is null with local check option')
+for (const table of ['student', 'course', 'tag']) viewSql.push(`create view oracle_host.${table} as select * from public.${table} where false with local check option`)
+await query(url, viewSql.join(';\n'))
+
+const tenancy = await createTenancy({ instances: schemaInstances, datasources: { default: url } })
+t.teardown(() => tenancy.close())
+const db = tenancy.kysely<TenantDB>()
+// The same builder code, compiled without any plugin.
+const plain = new Kysely<any>({
+  dialect: {
+    createAdapter: () => new PostgresAdapter(),
+    createDriver: () => new DummyDriver(),
+    createIntrospector: (k) => new PostgresIntrospector(k),
+    createQueryCompiler: () => new PostgresQueryCompiler(),
+  },
+})
+
+const started = performance.now()
+const startedCpu = process.cpuUsage()
+const statements = generateStatements(seed, STATEMENTS)
+t.comment(`${STATEMENTS} statements generated in ${Math.round(performance.now() - started)} ms (${Math.round(process.cpuUsage(startedCpu).user / 1000)} ms CPU)`)
+
+interface Compiled {
+  readonly statement: GeneratedStatement
+  readonly rewritten: CompiledQuery
+  readonly target: OracleTarget
+  readonly findings: readonly Finding[]
+}
+
+const compiled: Compiled[] = []
+const outcomes = new Map<string, number>()
+const count = (key: string): void => { outcomes.set(key, (outcomes.get(key) ?? 0) + 1) }
+const generatorErrors: string[] = []
+const brokenSyntax: string[] = []
+
+function targetOf (statement: GeneratedStatement): OracleTarget {
+  return statement.context.kind === 'host' ? { kind: 'host' } : { kind: 'instance', id: statement.context.id }
+}
+
+function describe (statement: GeneratedStatement, query: { sql: string, parameters: readonly unknown[] }): string {
+  const context = statement.context.kind === 'host' ? 'runAsHost' : `runAsInstance('${statement.context.name}') (iid ${statement.context.id})`
+  return [`seed ${seed}, statement #${statement.index}, ${context}`, `  builder: ${statement.code}`, `  sql: ${query.sql}`, `  parameters: ${JSON.stringify(query.parameters)}`].join('\n')
+}
+
 t.test('the checker rejects statements that let rows of another instance through', async (t) => {
   const bad: Array<[string, string, unknown[], OracleTarget?, string?]> = [
     ['the predicate under OR', 'select * from student where a = 1 or true and student.iid = $1', [2]],
@@ -89,64 +147,6 @@ t.test('the checker accepts statements confined where SQL semantics say', async 
   ]
   for (const [name, text, parameters, target] of good) t.same(kinds(text, parameters, target), [], `${name}: ${text}`)
 })
-
-// The oracle schemas exist before the tenancy discovers its tables, so that
-// they never count as tables it has not seen.
-const url = await createDatabase(t, 'oracle')
-await createTenantSchema(url)
-const TABLES = ['student', 'course', 'role', 'tag'] as const
-const viewSql: string[] = []
-for (const { id } of schemaInstances) {
-  viewSql.push(`create schema oracle_${id}`, `create view oracle_${id}.country as select * from public.country`)
-  for (const table of TABLES) {
-    viewSql.push(`create view oracle_${id}.${table} as select * from public.${table} where iid = ${id} with local check option`,
-      `alter view oracle_${id}.${table} alter column iid set default ${id}`)
-  }
-}
-viewSql.push('create schema oracle_host', 'create view oracle_host.country as select * from public.country',
-  'create view oracle_host.role as select * from public.role where iid is null with local check option')
-for (const table of ['student', 'course', 'tag']) viewSql.push(`create view oracle_host.${table} as select * from public.${table} where false with local check option`)
-await query(url, viewSql.join(';\n'))
-
-const tenancy = await createTenancy({ instances: schemaInstances, datasources: { default: url } })
-t.teardown(() => tenancy.close())
-const db = tenancy.kysely<TenantDB>()
-// The same builder code, compiled without any plugin.
-const plain = new Kysely<any>({
-  dialect: {
-    createAdapter: () => new PostgresAdapter(),
-    createDriver: () => new DummyDriver(),
-    createIntrospector: (k) => new PostgresIntrospector(k),
-    createQueryCompiler: () => new PostgresQueryCompiler(),
-  },
-})
-
-const started = performance.now()
-const startedCpu = process.cpuUsage()
-const statements = generateStatements(seed, STATEMENTS)
-t.comment(`${STATEMENTS} statements generated in ${Math.round(performance.now() - started)} ms (${Math.round(process.cpuUsage(startedCpu).user / 1000)} ms CPU)`)
-
-interface Compiled {
-  readonly statement: GeneratedStatement
-  readonly rewritten: CompiledQuery
-  readonly target: OracleTarget
-  readonly findings: readonly Finding[]
-}
-
-const compiled: Compiled[] = []
-const outcomes = new Map<string, number>()
-const count = (key: string): void => { outcomes.set(key, (outcomes.get(key) ?? 0) + 1) }
-const generatorErrors: string[] = []
-const brokenSyntax: string[] = []
-
-function targetOf (statement: GeneratedStatement): OracleTarget {
-  return statement.context.kind === 'host' ? { kind: 'host' } : { kind: 'instance', id: statement.context.id }
-}
-
-function describe (statement: GeneratedStatement, query: { sql: string, parameters: readonly unknown[] }): string {
-  const context = statement.context.kind === 'host' ? 'runAsHost' : `runAsInstance('${statement.context.name}') (iid ${statement.context.id})`
-  return [`seed ${seed}, statement #${statement.index}, ${context}`, `  builder: ${statement.code}`, `  sql: ${query.sql}`, `  parameters: ${JSON.stringify(query.parameters)}`].join('\n')
-}
 
 t.test(`${STATEMENTS} generated statements: every tenant table is confined, read by PostgreSQL's parser`, async (t) => {
   const begin = performance.now()

@@ -43,6 +43,8 @@ const instances = [
 // Idle connections stay open far longer than backendGone waits, so a closed backend was closed on release.
 const ten = await createTenancy({ instances, datasources: { default: url }, pool: { max: 1, idleTimeoutMillis: 60000 } })
 t.teardown(() => ten.close())
+// CALL is one of the statements that must cost its connection (below).
+await query(url, `create procedure public.leak_path() language plpgsql as $$ begin perform set_config('search_path', 'tenant_b', false); end $$`)
 const db = ten.kysely<DB>()
 
 async function session (): Promise<{ schema: string, user: string, path: string }> {
@@ -132,7 +134,6 @@ const hostile: Array<{ as: 'a' | 'c', what: string, statements: string[] }> = [
   { as: 'c', what: 'a cursor WITH HOLD', statements: ['DECLARE leak CURSOR WITH HOLD FOR select body from tenant_b.note'] },
   { as: 'c', what: 'SQL that the parser cannot read', statements: ['selec 1'] },
 ]
-await query(url, `create procedure public.leak_path() language plpgsql as $$ begin perform set_config('search_path', 'tenant_b', false); end $$`)
 
 interface Checkout { pid: number, schema: string, user: string, path: string, readOnly: string, prepared: number, channels: number, cursors: number, advisory: number, bodies: string[] }
 async function checkout (executor: Kysely<DB> | Transaction<DB> = db): Promise<Checkout> {
