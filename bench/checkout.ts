@@ -9,10 +9,9 @@
 // Baselines in the same run, rounds rotated, best round per variant.
 //   npm run bench:checkout
 import os from 'node:os'
-import pg from 'pg'
 import { CompiledQuery, Kysely, PostgresDialect } from 'kysely'
 import { createTenancy, DEFAULT_POOL_SETTINGS, type Tenancy } from '../lib/index.js'
-import { benchServer, median } from './bench-database.js'
+import { basePool, benchServer, median } from './bench-database.js'
 
 const CHECKOUTS = Number(process.env.BENCH_CHECKOUTS ?? 100_000)
 const QUERIES = Number(process.env.BENCH_QUERIES ?? 20_000)
@@ -30,8 +29,8 @@ const tenancies: Record<string, Tenancy> = {
   budget: await createTenancy({ instances, datasources: { default: url }, tables, maxConnections: CONCURRENCY, pool: { max: CONCURRENCY } }),
 }
 const dbs: Record<string, Kysely<unknown>> = {
-  hand: new Kysely({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: CONCURRENCY }) }) }),
-  handSettings: new Kysely({ dialect: new PostgresDialect({ pool: new pg.Pool({ ...DEFAULT_POOL_SETTINGS, connectionString: url, max: CONCURRENCY }) }) }),
+  hand: new Kysely({ dialect: new PostgresDialect({ pool: basePool({ connectionString: url, max: CONCURRENCY }) }) }),
+  handSettings: new Kysely({ dialect: new PostgresDialect({ pool: basePool({ ...DEFAULT_POOL_SETTINGS, connectionString: url, max: CONCURRENCY }) }) }),
   tenancy: tenancies.plain!.kysely(),
   rls: tenancies.rls!.kysely(),
   budget: tenancies.budget!.kysely(),

@@ -14,7 +14,7 @@ import { fileURLToPath } from 'node:url'
 import pg from 'pg'
 import { Kysely, PostgresDialect } from 'kysely'
 import { createTenancy } from '../lib/index.js'
-import { benchServer } from './bench-database.js'
+import { basePool, benchServer } from './bench-database.js'
 
 interface DB { pstudent: { id: number, iid: number, name: string } }
 interface ProfileNode { id: number, callFrame: { functionName: string, url: string, lineNumber: number } }
@@ -30,7 +30,7 @@ const admin = new pg.Client({ connectionString: server.url })
 await admin.connect()
 await admin.query(`drop table if exists pstudent; create table pstudent (id int not null, iid int not null, name text not null, primary key (iid, id));
   insert into pstudent select s, i, 'student ' || s from generate_series(1, 200) s, generate_series(1, 50) i; analyze pstudent`)
-const hand = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: server.url, max: CONCURRENCY }) }) })
+const hand = new Kysely<DB>({ dialect: new PostgresDialect({ pool: basePool({ connectionString: server.url, max: CONCURRENCY }) }) })
 const tenancy = await createTenancy({ instances: [{ name: '', id: 1 }, { name: 'b', id: 2 }], datasources: { default: server.url }, tables: { pstudent: 'must' }, pool: { max: CONCURRENCY }, doctor: false })
 const db = tenancy.kysely<DB>()
 const query = variant === 'hand'

@@ -20,7 +20,7 @@ import pg from 'pg'
 import { PgBoss, type Job } from 'pg-boss'
 import { createTenancy, type Tenancy } from '../lib/index.js'
 import { runWrappedJob, wrapJobData } from '../lib/jobs/job-context.js'
-import { benchServer, median, run, withDatabase } from './bench-database.js'
+import { basePool, benchServer, median, run, withDatabase } from './bench-database.js'
 
 const JOBS = Number(process.env.BENCH_JOBS ?? 4000)
 const ROUNDS = Number(process.env.BENCH_ROUNDS ?? 5)
@@ -91,7 +91,7 @@ async function main (): Promise<void> {
     boss.on('error', (err) => { console.error(err) })
     await boss.start()
     // Both variants' handlers write through the same pool, so only the job layer differs.
-    rows = new pg.Pool({ connectionString: dbUrl, max: 8 })
+    rows = basePool({ connectionString: dbUrl, max: 8 })
     const insert = 'insert into event (iid, n) values ($1, $2)'
     const t = tenancy
     const b = boss

@@ -14,7 +14,7 @@ import { createTenancy, currentContext, currentInstance, rowLevelSecurityStateme
 import { RoutedClient } from '../lib/routing/routed-client.js'
 import { pathToFileURL } from 'node:url'
 import type { EmbeddedServer } from '../scripts/embedded-postgres.js'
-import { courseStudentQueries, courseStudentTables, type CourseStudentDB } from './bench-database.js'
+import { basePool, courseStudentQueries, courseStudentTables, type CourseStudentDB } from './bench-database.js'
 
 type DB = CourseStudentDB
 const ID = 2
@@ -53,17 +53,17 @@ const IDLE = { idleTimeoutMillis: 600_000 }
 // plugin share: whether a variant gets its replies in more, smaller reads
 // (more event-loop turns per query) is what its client CPU could hide.
 let socketReads = 0
-const sharedPool = new pg.Pool({ connectionString: url, max: CONCURRENCY, ...IDLE })
+const sharedPool = basePool({ connectionString: url, max: CONCURRENCY, ...IDLE })
 sharedPool.on('connect', (client) => { (client as unknown as { connection: { stream: NodeJS.EventEmitter } }).connection.stream.on('data', () => { socketReads++ }) })
 const hand = new Kysely<DB>({ dialect: new PostgresDialect({ pool: sharedPool }) })
 // The same queries on a pg pool with the settings the tenancy gives its own
 // pools (a checkout timeout, which pg-pool arms and clears on every checkout,
 // and allowExitOnIdle): how much of tenancy.kysely()'s cost is the pool's settings.
-const handSettings = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ ...DEFAULT_POOL_SETTINGS, connectionString: url, max: CONCURRENCY, ...IDLE }) }) })
+const handSettings = new Kysely<DB>({ dialect: new PostgresDialect({ pool: basePool({ ...DEFAULT_POOL_SETTINGS, connectionString: url, max: CONCURRENCY, ...IDLE }) }) })
 // The like-for-like baseline of the prepared variant: hand-written, each text
 // with parameters sent as a named statement, as pg does when given a name.
 const handNames = new Map<string, string>()
-const handPool = new pg.Pool({ connectionString: url, max: CONCURRENCY, ...IDLE })
+const handPool = basePool({ connectionString: url, max: CONCURRENCY, ...IDLE })
 const nameOf = (text: string): string => handNames.get(text) ?? handNames.set(text, `hand_${handNames.size + 1}`).get(text)!
 const handPrepared = new Kysely<DB>({
   dialect: new PostgresDialect({
@@ -209,7 +209,7 @@ class TimedPool {
     return { connect, release, checkout: connect + release, query: this.queries === 0 ? 0 : this.queryMillis * 1000 / this.queries }
   }
 }
-const timedPgPool = new TimedPool(new pg.Pool({ connectionString: url, max: CONCURRENCY, ...IDLE }))
+const timedPgPool = new TimedPool(basePool({ connectionString: url, max: CONCURRENCY, ...IDLE }))
 const timedRoutingPool = new TimedPool(new RoutingPool(new PoolManager({ default: url }, { pool: { max: CONCURRENCY, ...IDLE } })))
 const timedPg = new Kysely<DB>({ dialect: new PostgresDialect({ pool: timedPgPool as never }) })
 const timedRouted = new Kysely<DB>({ dialect: new PostgresDialect({ pool: timedRoutingPool as never }) })

@@ -9,7 +9,7 @@
 //   npm run bench:rls
 import pg from 'pg'
 import { rowLevelSecurityStatements } from '../lib/index.js'
-import { benchServer, courseStudentTables, median } from './bench-database.js'
+import { basePool, benchServer, courseStudentTables, median } from './bench-database.js'
 
 const CONCURRENCY = 8
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 2)
@@ -45,7 +45,7 @@ const shapes: Array<[string, () => [string, unknown[]]]> = [
 
 interface Variant { pool: pg.Pool, prepared: boolean }
 function variant (url: string, schema: string, prepared: boolean): Variant {
-  const pool = new pg.Pool({ connectionString: url, max: CONCURRENCY, options: `-c search_path=${schema} -c tenancy.iid=${ID}` } as pg.PoolConfig)
+  const pool = basePool({ connectionString: url, max: CONCURRENCY, options: `-c search_path=${schema} -c tenancy.iid=${ID}` } as pg.PoolConfig)
   return { pool, prepared }
 }
 const variants: Record<string, Variant> = {

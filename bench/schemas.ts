@@ -8,10 +8,9 @@
 // same size. Variants alternate within each round; medians are reported.
 //   npm run bench:schemas        # BENCH_SCHEMAS=1000 BENCH_POOL=10 BENCH_OPS=6000 BENCH_CONCURRENCY=32 BENCH_ROUNDS=3
 import os from 'node:os'
-import pg from 'pg'
 import { Kysely, PostgresDialect } from 'kysely'
 import { createTenancy, RoutingPool } from '../lib/index.js'
-import { benchServer, median, picker, run, type Distribution } from './bench-database.js'
+import { basePool, benchServer, median, picker, run, type Distribution } from './bench-database.js'
 
 const N = Number(process.env.BENCH_SCHEMAS ?? 1000)
 const POOL_MAX = Number(process.env.BENCH_POOL ?? 10)
@@ -43,7 +42,7 @@ const tenancy = await createTenancy({ instances: [{ name: '', id: N + 1 }, ...in
 // A routing pool of its own over the tenancy's pools, for its switch counters; the same as tenancy.kysely() without the filter (no tenant tables here).
 const routing = new RoutingPool(tenancy.pools)
 const schemaDb = new Kysely<DB>({ dialect: new PostgresDialect({ pool: routing }) })
-const shared = new Kysely<DB>({ dialect: new PostgresDialect({ pool: new pg.Pool({ connectionString: url, max: POOL_MAX }) }) })
+const shared = new Kysely<DB>({ dialect: new PostgresDialect({ pool: basePool({ connectionString: url, max: POOL_MAX }) }) })
 
 async function reads (read: (index: number) => Promise<unknown>, distribution: Distribution, seed: number): Promise<number> {
   const next = picker(distribution, N, seed)
