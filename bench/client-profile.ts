@@ -6,6 +6,7 @@
 //   npm run bench:client   (both variants, one after the other)
 //   npm run build && node dist/bench/client-profile.js hand
 //   npm run build && node dist/bench/client-profile.js tenancy
+//   npm run build && node dist/bench/client-profile.js tenancy-checkout   (or hand-checkout)
 // Writes .data/client-<variant>.cpuprofile (open it in Chrome's DevTools).
 import path from 'node:path'
 import { mkdir, writeFile } from 'node:fs/promises'
@@ -20,7 +21,10 @@ interface DB { pstudent: { id: number, iid: number, name: string } }
 interface ProfileNode { id: number, callFrame: { functionName: string, url: string, lineNumber: number } }
 interface Profile { nodes: ProfileNode[], samples: number[], timeDeltas: number[] }
 
-const variant = process.argv[2] === 'tenancy' ? 'tenancy' : 'hand'
+// `…-checkout`: a checkout and release with nothing sent (bench/checkout.ts's
+// first column), so the profile holds only the pool's path.
+const VARIANTS = ['hand', 'tenancy', 'hand-checkout', 'tenancy-checkout'] as const
+const variant = VARIANTS.find((name) => name === process.argv[2]) ?? 'hand'
 const SECONDS = Number(process.env.BENCH_SECONDS ?? 8)
 const CONCURRENCY = 8
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
@@ -33,9 +37,13 @@ await admin.query(`drop table if exists pstudent; create table pstudent (id int 
 const hand = new Kysely<DB>({ dialect: new PostgresDialect({ pool: basePool({ connectionString: server.url, max: CONCURRENCY }) }) })
 const tenancy = await createTenancy({ instances: [{ name: '', id: 1 }, { name: 'b', id: 2 }], datasources: { default: server.url }, tables: { pstudent: 'must' }, pool: { max: CONCURRENCY }, doctor: false })
 const db = tenancy.kysely<DB>()
-const query = variant === 'hand'
-  ? async () => await hand.selectFrom('pstudent').selectAll().where('id', '=', 17).where('pstudent.iid', '=', 2).execute()
-  : async () => await db.selectFrom('pstudent').selectAll().where('id', '=', 17).execute()
+const queries = {
+  hand: async () => await hand.selectFrom('pstudent').selectAll().where('id', '=', 17).where('pstudent.iid', '=', 2).execute(),
+  tenancy: async () => await db.selectFrom('pstudent').selectAll().where('id', '=', 17).execute(),
+  'hand-checkout': async () => { await hand.connection().execute(async () => {}) },
+  'tenancy-checkout': async () => { await db.connection().execute(async () => {}) },
+}
+const query = queries[variant]
 
 async function load (seconds: number): Promise<{ queries: number, cpu: number }> {
   let queries = 0
