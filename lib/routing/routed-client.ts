@@ -4,7 +4,8 @@ import type { TenancyContext } from '../context.js'
 import { DatasourceUnavailableError, MismatchError, SessionError, UnsupportedStatementError, quote } from '../errors.js'
 import type { Instance } from '../instances/instance.js'
 import { settledIdle, type Lease } from './pool-manager.js'
-import { changesSession, transactionControl, type SessionState, type SessionTarget } from './session-state.js'
+import { SetUpQuery } from './set-up-query.js'
+import { changesSession, singleDataStatement, transactionControl, type SessionState, type SessionTarget } from './session-state.js'
 
 /**
  * Two objects of one instance (a registry reload replaces the object) share a
@@ -43,6 +44,14 @@ function isStalePlan (err: unknown): boolean {
  */
 export type DiscardReason = 'asked' | 'lost' | 'session' | 'transaction'
 
+/** The session statements a checkout has still to send (see `RoutedClient.setUp`), and the state they give. */
+interface SetUp {
+  readonly statements: readonly string[]
+  readonly target: SessionTarget
+}
+
+const ignore = (): void => {}
+
 /**
  * The client the routing pool hands Kysely: one per pg client, reused on every
  * checkout so Kysely keeps one connection object per physical connection.
@@ -76,6 +85,13 @@ export class RoutedClient implements PostgresPoolClient {
   // the transaction open now has had it.
   #local = ''
   #localReady = false
+  // The session statements this checkout still has to send; the round trip
+  // that carries them while it is on the wire (every later statement of the
+  // checkout waits for it); and why they failed, after which nothing more is
+  // sent on the checkout (its connection was destroyed).
+  #pending: SetUp | undefined
+  #inFlight: Promise<void> | undefined
+  #failed: Error | undefined
 
   constructor (client: pg.PoolClient, session: SessionState, giveBack: (lease: Lease, reason: DiscardReason | undefined) => void, context: () => TenancyContext | undefined, transactionPooling = false, prepared = 0) {
     this.#client = client
@@ -106,32 +122,29 @@ export class RoutedClient implements PostgresPoolClient {
     this.#owner = owner
     this.#local = local
     this.#localReady = false
+    this.#pending = undefined
+    this.#inFlight = undefined
+    this.#failed = undefined
   }
 
   /**
-   * @internal Runs the routing pool's own session statements (not observed)
-   * and records `target` as applied. On failure the connection is destroyed
-   * and the error is `TENANCY_SESSION_FAILED`, or 503 when the connection was lost.
+   * @internal Gives the checkout the routing pool's own session statements
+   * (not observed), which bring the session to `target`: they go out with the
+   * checkout's first statement, in its round trip when it is a single data
+   * statement (see `SetUpQuery`), else on their own just before it. A
+   * checkout that sends nothing leaves the session as it was. When they fail
+   * the connection is destroyed, the statement is not run, and it fails, with
+   * every later one of the checkout, with `TENANCY_SESSION_FAILED` (503 when
+   * the connection was lost).
    */
-  async prepare (changes: string, target: SessionTarget): Promise<void> {
-    try {
-      await this.#client.query(changes)
-    } catch (err) {
-      const lost = this.#noteLoss(err)
-      const who = describe(this.#owner)
-      const label = this.#label()
-      this.release(true)
-      if (lost) throw Object.assign(new DatasourceUnavailableError(label), { cause: err })
-      const reason = err instanceof Error ? err.message : String(err)
-      throw Object.assign(new SessionError(`The session of a connection for ${who} could not be prepared (${changes}): ${reason}. The connection was destroyed.`), { cause: err })
-    }
-    this.session.applied(target)
+  setUp (statements: readonly string[], target: SessionTarget): void {
+    this.#pending = { statements, target }
   }
 
   query<R>(sql: string, parameters: ReadonlyArray<unknown>): Promise<PostgresQueryResult<R>>
   query<R>(cursor: PostgresCursor<R>): PostgresCursor<R>
   query<R> (sqlOrCursor: string | PostgresCursor<R>, parameters?: ReadonlyArray<unknown>): Promise<PostgresQueryResult<R>> | PostgresCursor<R> {
-    const mismatch = this.#mismatch()
+    const mismatch = this.#failed ?? this.#mismatch()
     if (typeof sqlOrCursor !== 'string') {
       if (mismatch) throw mismatch
       const text = (sqlOrCursor as { text?: unknown }).text
@@ -139,6 +152,7 @@ export class RoutedClient implements PostgresPoolClient {
       if (refused) throw refused
       this.session.observe(typeof text === 'string' ? text : undefined)
       if (this.#local !== '') this.#localCursor()
+      else if (this.#pending !== undefined || this.#inFlight !== undefined) this.#gate(sqlOrCursor as unknown as pg.Submittable)
       return this.#client.query(sqlOrCursor as unknown as pg.Submittable) as unknown as PostgresCursor<R>
     }
     if (mismatch) return Promise.reject(mismatch)
@@ -146,7 +160,116 @@ export class RoutedClient implements PostgresPoolClient {
     if (refused) return Promise.reject(refused)
     this.session.observe(sqlOrCursor)
     if (this.#local !== '') return this.#runLocal<R>(sqlOrCursor, parameters)
+    if (this.#pending !== undefined || this.#inFlight !== undefined) return this.#runSetUp<R>(sqlOrCursor, parameters)
     return this.#run<R>(sqlOrCursor, parameters, this.#prepared > 0)
+  }
+
+  /**
+   * The checkout's first statement (or one sent while the first is on the
+   * wire): after the round trip ahead of it, and with the session statements
+   * still to send, in its own round trip when it can carry them.
+   */
+  async #runSetUp<R> (sql: string, parameters: ReadonlyArray<unknown> | undefined): Promise<PostgresQueryResult<R>> {
+    while (this.#inFlight !== undefined) await this.#inFlight
+    const refused = this.#failed ?? this.#mismatch()
+    if (refused) throw refused
+    const setUp = this.#pending
+    if (setUp === undefined) return await this.#run<R>(sql, parameters, this.#prepared > 0)
+    this.#pending = undefined
+    if (singleDataStatement(sql)) return await this.#run<R>(sql, parameters, this.#prepared > 0, setUp)
+    await this.#track(this.#sendSetUp(setUp))
+    if (this.#failed) throw this.#failed
+    return await this.#run<R>(sql, parameters, this.#prepared > 0)
+  }
+
+  /**
+   * Sends the session statements on their own (one round trip; the simple
+   * protocol, several statements in one text). pg calls back before it sends
+   * the next query of its queue, so a cursor queued behind sees the outcome.
+   */
+  #sendSetUp (setUp: SetUp): Promise<void> {
+    const text = setUp.statements.join('; ')
+    return new Promise((resolve) => {
+      this.#client.query(text, (err: Error | undefined) => {
+        if (err) this.#setUpFailed(err, text)
+        else this.session.applied(setUp.target)
+        resolve()
+      })
+    })
+  }
+
+  /** Marks `done` as the round trip every later statement of the checkout waits for. */
+  #track (done: Promise<unknown>): Promise<void> {
+    const flight: Promise<void> = done.then(ignore, ignore).then(() => {
+      if (this.#inFlight === flight) this.#inFlight = undefined
+    })
+    this.#inFlight = flight
+    return flight
+  }
+
+  /**
+   * A cursor goes out when pg's queue reaches it, behind any set-up of the
+   * checkout: the set-up still to send is queued ahead of it, and the cursor
+   * is sent only if the session then carries the checkout's state.
+   */
+  #gate (cursor: pg.Submittable): void {
+    const setUp = this.#pending
+    if (setUp !== undefined) {
+      this.#pending = undefined
+      void this.#track(this.#sendSetUp(setUp))
+    }
+    const submit = cursor.submit.bind(cursor) as (connection: unknown) => Error | null
+    const gated = (connection: unknown): Error | null => {
+      if (this.#failed !== undefined) return this.#failed
+      if (this.#pending !== undefined) {
+        return new SessionError(`The session of a connection for ${describe(this.#owner)} was prepared in the round trip of a statement sent just before this cursor, and rolled back when that statement failed, so the cursor was not sent.`)
+      }
+      return submit(connection)
+    }
+    ;(cursor as unknown as { submit: typeof gated }).submit = gated
+  }
+
+  /** Records why the checkout's session statements failed; the connection is destroyed and nothing more is sent on the checkout. */
+  #setUpFailed (err: unknown, text: string): Error {
+    const lost = this.#noteLoss(err)
+    const who = describe(this.#owner)
+    const label = this.#label()
+    const reason = err instanceof Error ? err.message : String(err)
+    const failure = lost
+      ? new DatasourceUnavailableError(label)
+      : new SessionError(`The session of a connection for ${who} could not be prepared (${text}): ${reason}. The connection was destroyed.`)
+    this.#failed = Object.assign(failure, { cause: err })
+    this.release(true)
+    return this.#failed
+  }
+
+  /** Sends `sql` behind the checkout's session statements, in one round trip (see SetUpQuery). */
+  #sendWithSetUp<R> (sql: string, parameters: ReadonlyArray<unknown> | undefined, name: string | undefined, setUp: SetUp): Promise<PostgresQueryResult<R>> {
+    const lease = this.#lease
+    const done = new Promise<PostgresQueryResult<R>>((resolve, reject) => {
+      let settled = false
+      // Called back by pg before it sends anything queued behind, so a cursor
+      // gated on the outcome reads it (see #gate).
+      const query = new SetUpQuery(setUp.statements, sql, parameters as unknown[] | undefined, name, (err, result) => {
+        if (settled) return
+        settled = true
+        if (err === null || err === undefined) {
+          this.session.applied(setUp.target)
+          resolve(result as PostgresQueryResult<R>)
+        } else if (query.failure === 'statement') {
+          // Rolled back with the statement: the session is as it was, and the set-up is still to send.
+          if (this.#lease === lease) this.#pending = setUp
+          reject(err)
+        } else {
+          // 'set-up', or 'unsent' (pg syncs then, and the session statements may or may not hold).
+          const failure = this.#setUpFailed(err, setUp.statements.join('; '))
+          reject(query.failure === 'unsent' ? err : failure)
+        }
+      })
+      this.#client.query(query as unknown as pg.Submittable)
+    })
+    void this.#track(done)
+    return done
   }
 
   /**
@@ -227,12 +350,14 @@ export class RoutedClient implements PostgresPoolClient {
    * gives it a name (only a text with parameters: pg sends one without them in
    * the simple protocol, which may hold several statements and cannot be prepared).
    */
-  async #run<R> (sql: string, parameters: ReadonlyArray<unknown> | undefined, named = false): Promise<PostgresQueryResult<R>> {
+  async #run<R> (sql: string, parameters: ReadonlyArray<unknown> | undefined, named = false, setUp?: SetUp): Promise<PostgresQueryResult<R>> {
     const name = named && parameters !== undefined && parameters.length > 0 ? this.session.statementName(sql, this.#prepared) : undefined
     try {
+      if (setUp !== undefined) return await this.#sendWithSetUp<R>(sql, parameters, name, setUp)
       const query = name === undefined ? this.#client.query(sql, parameters as unknown[]) : this.#client.query({ name, text: sql, values: parameters as unknown[] })
       return await query as unknown as PostgresQueryResult<R>
     } catch (err) {
+      if (err === this.#failed) throw err
       if (this.#noteLoss(err)) throw Object.assign(new DatasourceUnavailableError(this.#label()), { cause: err })
       if (name !== undefined && isStalePlan(err)) {
         // PostgreSQL refused at Bind, before running anything, and keeps
@@ -240,10 +365,17 @@ export class RoutedClient implements PostgresPoolClient {
         // connection is destroyed on release. Outside a transaction the
         // statement is sent again unnamed; inside one the transaction has failed.
         this.session.distrust()
-        if (this.#client.getTransactionStatus() === 'I') return await this.#run<R>(sql, parameters)
+        if (this.#client.getTransactionStatus() === 'I') return await this.#run<R>(sql, parameters, false, this.#takeSetUp())
       }
       throw err
     }
+  }
+
+  /** The set-up still to send, taken: a statement sent again after failing with its set-up carries it again. */
+  #takeSetUp (): SetUp | undefined {
+    const setUp = this.#pending
+    this.#pending = undefined
+    return setUp
   }
 
   /** Gives the connection back; `destroy` (Kysely's own discard) closes it whatever its state. */
@@ -253,6 +385,7 @@ export class RoutedClient implements PostgresPoolClient {
     this.#lease = undefined
     this.#owner = undefined
     this.#local = ''
+    this.#pending = undefined
     this.#giveBack(lease, this.#discardReason(destroy === true))
   }
 

@@ -55,7 +55,11 @@ export function preparedStatementsPerConnection (option: boolean | number | unde
 export interface RoutingStats {
   /** Clients handed out. */
   readonly checkouts: number
-  /** Checkouts that needed a session round trip (schema, role or settings changed). */
+  /**
+   * Checkouts that needed session statements (schema, role or settings
+   * changed). They go out in the round trip of the checkout's first
+   * statement when it is a single data statement, else in one of their own.
+   */
   readonly sessionChanges: number
   /**
    * Connections destroyed on release instead of pooled again, by reason:
@@ -153,16 +157,17 @@ export class RoutingPool implements PostgresPool {
       return routed
     }
     routed.checkout(lease, instance)
-    let changes: string
+    let changes: string[]
     try {
-      changes = routed.session.changesTo(target)
+      changes = routed.session.changeStatements(target)
     } catch (err) {
       routed.release()
       throw err
     }
-    if (changes === '') return routed
+    if (changes.length === 0) return routed
     this.#sessionChanges++
-    await routed.prepare(changes, target)
+    // Sent with the checkout's first statement, in its round trip when it can carry them.
+    routed.setUp(changes, target)
     return routed
   }
 

@@ -153,6 +153,15 @@ const MAX_REMEMBERED_CHARS = 4_000_000
 const verdicts = new Map<string, boolean>()
 let rememberedChars = 0
 
+/**
+ * Whether a text is one `SELECT`, `INSERT`, `UPDATE`, `DELETE` or `WITH`
+ * statement with no `;` anywhere: it can neither begin nor end a transaction,
+ * nor hold a second statement.
+ */
+export function singleDataStatement (text: string): boolean {
+  return PLAIN_DML.test(text)
+}
+
 function remember (text: string, verdict: boolean): void {
   if (text.length > MAX_REMEMBERED_CHARS / 4) return
   for (const oldest of verdicts.keys()) {
@@ -324,8 +333,13 @@ export class SessionState {
 
   /** The SQL (simple protocol, several statements) that turns this session into `target`, or `''` when it already is. */
   changesTo (target: SessionTarget): string {
-    if (target.schema === this.#schema && target.role === this.#role && target.settings === this.#settings) return ''
+    return this.changeStatements(target).join('; ')
+  }
+
+  /** The statements of {@link changesTo}, one by one (none when the session already is `target`). */
+  changeStatements (target: SessionTarget): string[] {
     const statements: string[] = []
+    if (target.schema === this.#schema && target.role === this.#role && target.settings === this.#settings) return statements
     if (target.role !== this.#role) {
       statements.push(target.role === null ? 'RESET ROLE' : `SET ROLE ${pg.escapeIdentifier(target.role)}`)
     }
@@ -344,7 +358,7 @@ export class SessionState {
       if (!(name in target.settings) && this.#settings[name] !== '') calls.push(`set_config(${pg.escapeLiteral(name)}, '', false)`)
     }
     if (calls.length > 0) statements.push(`SELECT ${calls.join(', ')}`)
-    return statements.join('; ')
+    return statements
   }
 
   /**
