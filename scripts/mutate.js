@@ -58,7 +58,8 @@ const GROUPS = {
     // the option checks, error texts, counters, waiting for a pool slot or idle
     // sweeps: with them a run takes more than two hours on this machine.
     mutate: [
-      { file: 'lib/routing/routed-client.ts', only: ['query', 'release', 'discardReason', 'mismatch'] },
+      { file: 'lib/routing/routed-client.ts', only: ['query', 'release', 'discardReason', 'mismatch', 'runSetUp', 'sendSetUp', 'gate', 'setUpFailed', 'sendWithSetUp'] },
+      { file: 'lib/routing/set-up-query.ts' },
       { file: 'lib/routing/session-state.ts', only: ['CHANGES_SESSION', 'changesTo', 'applied', 'observe', 'changesSession', 'statementChangesSession', 'setConfigChangesSession'] },
       { file: 'lib/routing/pool-manager.ts', only: ['release', 'settledIdle'] },
     ],
@@ -71,8 +72,21 @@ const GROUPS = {
     // before the server's ready-for-query after an error (settledIdle).
     // session-affinity: the only file that reads which waiter a connection
     // given back goes to (PoolManager.release's releaseWithAffinity).
-    tests: ['test/routing-session.test.ts', 'test/session-settings.test.ts', 'test/session-stream.test.ts', 'test/routing-transactions.test.ts',
+    // session-set-up: the only file that sends statements together on one
+    // checkout, or fails a statement in its set-up's round trip.
+    tests: ['test/session-set-up.test.ts', 'test/routing-session.test.ts', 'test/session-settings.test.ts', 'test/session-stream.test.ts', 'test/routing-transactions.test.ts',
       'test/routing-failed-statement.test.ts', 'test/pool-manager.test.ts', 'test/pgbouncer-modes.test.ts', 'test/session-affinity.test.ts'],
+  },
+  'set-up': {
+    // The set-up sent in the round trip of a checkout's first statement, with
+    // the file that fails it in each place (a session statement, the
+    // statement, statements sent together, a cursor behind it); a quick group
+    // next to routing, which runs its eight files on every mutant.
+    mutate: [
+      'lib/routing/set-up-query.ts',
+      { file: 'lib/routing/routed-client.ts', only: ['runSetUp', 'sendSetUp', 'track', 'gate', 'setUpFailed', 'sendWithSetUp', 'takeSetUp'] },
+    ],
+    tests: ['test/session-set-up.test.ts', 'test/session-stream.test.ts', 'test/routing-session.test.ts'],
   },
   filter: {
     // What decides what the predicate holds and where it goes: the predicate,
