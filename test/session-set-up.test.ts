@@ -216,6 +216,40 @@ t.test('a cursor behind a set-up: sent after it succeeds, not at all when it fai
   await watch()
 })
 
+t.test('settings (what rls sends): set in the round trip with and without parameters; a setting the server refuses fails the set-up and writes nothing', async (t) => {
+  // Instance c's checkouts get a setting the server refuses (statement_timeout takes a number).
+  const settings = new Kysely<DB>({
+    dialect: new PostgresDialect({
+      pool: new RoutingPool(ten.pools, { context: () => ten.context(), settings: (context): Record<string, string> => context?.instance?.name === 'c' ? { statement_timeout: 'not a number' } : { 'tenancy.iid': String(context?.instance?.id ?? '') } }),
+    }),
+  })
+  const iid = async (as: Name, withParameter: boolean): Promise<string> => await ten.runAsInstance(as, async () => withParameter
+    ? (await sql<{ iid: string }>`select current_setting('tenancy.iid') as iid where ${1} = 1`.execute(settings)).rows[0]!.iid
+    : (await sql<{ iid: string }>`select current_setting('tenancy.iid') as iid`.execute(settings)).rows[0]!.iid)
+  t.equal(await roundTrips(async () => { t.equal(await iid('a', false), '2', 'a\'s id, without parameters') }), 1, 'one round trip')
+  t.equal(await roundTrips(async () => { t.equal(await iid('b', true), '3', 'b\'s id, with one') }), 1, 'one round trip')
+  t.equal(await iid('a', true), '2')
+  t.equal(await iid('', false), '1')
+  const rows = await all()
+  await t.rejects(ten.runAsInstance('c', () => settings.insertInto('note').values({ body: 'c wrote this' }).execute()), { code: 'TENANCY_SESSION_FAILED', cause: { code: '22023' } })
+  t.same(await all(), rows, 'nothing written')
+  t.equal(await iid('b', false), '3', 'the next checkout is clean')
+  await watch()
+})
+
+t.test('a parameter pg cannot serialize: the statement is not sent, the connection is destroyed, the next checkout is clean', async (t) => {
+  await sessionAs('a')
+  const before = await currentPid()
+  const rows = await all()
+  const unserializable = { toPostgres: () => { throw new Error('no text for this value') } }
+  await t.rejects(ten.runAsInstance('c', () => sql`insert into note (body) values (${unserializable})`.execute(db)), { message: 'no text for this value' }, 'the error is pg\'s')
+  t.same(await all(), rows, 'nothing written')
+  t.not(await currentPid(), before, 'another connection: the first one\'s session was not known')
+  t.same(await sessionAs('c'), { path: 'tenant_c', user: 'postgres' })
+  t.same(await sessionAs('a'), { path: 'tenant_a', user: 'postgres' })
+  await watch()
+})
+
 t.test('generated interleavings of instances, failures and statement kinds: every read is its own instance\'s, every write lands in its own table', async (t) => {
   const seed = Number(process.env.FC_SEED ?? Date.now() % 2 ** 31)
   t.comment(`fast-check seed ${seed} (FC_SEED=${seed} replays this run)`)

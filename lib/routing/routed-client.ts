@@ -227,6 +227,11 @@ export class RoutedClient implements PostgresPoolClient {
       return submit(connection)
     }
     ;(cursor as unknown as { submit: typeof gated }).submit = gated
+    // A failed set-up destroys the connection, which pg may report to the
+    // queued cursor before the gate is reached: it fails with the set-up's error either way.
+    const fail = cursor as unknown as { handleError: (err: Error, connection: unknown) => void }
+    const handleError = fail.handleError.bind(cursor)
+    fail.handleError = (err, connection) => { handleError(this.#failed ?? err, connection) }
   }
 
   /** Records why the checkout's session statements failed; the connection is destroyed and nothing more is sent on the checkout. */
