@@ -197,6 +197,16 @@ t.test('prepared statements: a name whose first Parse failed in a set-up round t
   await watch()
 })
 
+t.test('prepared statements: a plan that no longer fits is sent again unnamed with its set-up, not with the session the connection had', async (t) => {
+  await query(url, 'truncate tenant_b.note, tenant_c.note; insert into tenant_b.note (body) values (\'b row\'); insert into tenant_c.note (body) values (\'c row\')')
+  // tenant_b.note has one more column than tenant_c.note: prepared for c, the name's result type no longer fits for b (0A000 at Bind).
+  const star = (id: number) => sql<{ body: string }>`select * from note where id > ${id}`
+  t.same((await ten.runAsInstance('c', () => star(0).execute(prepared))).rows.map((row) => row.body), ['c row'], 'prepared for c')
+  t.same((await ten.runAsInstance('b', () => star(0).execute(prepared))).rows.map((row) => row.body), ['b row'], 'b, on the same connection, reads its own row')
+  t.same(await sessionAs('b'), { path: 'tenant_b', user: roleB }, 'and the session is b\'s')
+  await watch()
+})
+
 t.test('a cursor behind a set-up: sent after it succeeds, not at all when it fails', async (t) => {
   await query(url, 'truncate tenant_a.note, tenant_c.note; insert into tenant_a.note (body) values (\'a secret\'); insert into tenant_c.note (body) values (\'c note\')')
   await sessionAs('a')
